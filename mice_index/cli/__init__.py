@@ -1,0 +1,34 @@
+"""The `mice-index` command: a thin typer shell over the Python API.
+
+Each command lives in its own module and registers itself on `app` when imported below; user
+errors (MiceIndexError) are printed as one red line with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from mice_index.errors import MiceIndexError
+
+app = typer.Typer(
+    name="mice-index",
+    help="Index documents for MICE re-ranking, search them and evaluate runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+# Command modules (each adds its commands to `app`).
+from mice_index.cli import score as _score  # noqa: E402,F401
+
+
+def main() -> None:
+    try:
+        app()
+    except MiceIndexError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
