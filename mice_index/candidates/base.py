@@ -1,0 +1,111 @@
+"""Shared types for first-stage candidate generators.
+
+Documents are addressed by integer *row* (0..N-1, corpus order); the store maps rows <-> doc ids.
+Every generator returns a :class:`Candidates` pair of ``[Q, k]`` arrays, best first, where
+missing results are padded with row ``-1`` and score ``-inf``. A row made only of padding means
+"this generator found nothing for that query" (e.g. a BM25 query made only of stopwords), so the
+caller can fall back to another generator (see :func:`mice_index.candidates.hybrid.fuse`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+from mice_index.errors import IndexError_, SearchError
+
+PAD_ROW = -1
+PAD_SCORE = np.float32(-np.inf)
+META_FILE = "candidates.json"
+
+
+class Candidates(NamedTuple):
+    """Top-k results for a batch of queries, best first.
+
+    rows:   int64   [Q, k], corpus rows, ``-1`` for padding (always at the end of a row).
+    scores: float32 [Q, k], generator scores, ``-inf`` for padding.
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls, num_queries: int, k: int) -> Candidates:
+        """All-padding result of shape [num_queries, k]."""
+        return cls(
+            np.full((num_queries, k), PAD_ROW, dtype=np.int64),
+            np.full((num_queries, k), PAD_SCORE, dtype=np.float32),
+        )
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean mask [Q, k] of real (non-padding) entries."""
+        return self.rows >= 0
+
+    @property
+    def found(self) -> np.ndarray:
+        """Boolean [Q]: False where the generator returned nothing for that query."""
+        return self.valid.any(axis=1)
+
+
+@runtime_checkable
+class CandidateGenerator(Protocol):
+    """What the retrieval pipeline needs from a first-stage generator.
+
+    ``queries`` is generator-specific: a list of query strings for BM25, a float32 ``[Q, D]``
+    matrix of L2-normalised query embeddings for dense indexes.
+    """
+
+    name: ClassVar[str]
+
+    @property
+    def num_docs(self) -> int: ...
+
+    def search(self, queries: Any, k: int) -> Candidates: ...
+
+    def save(self, directory: str | Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: str | Path, mmap: bool = True) -> CandidateGenerator: ...
+
+
+def check_k(k: int, num_docs: int) -> int:
+    """Validate a requested depth and clamp it to the corpus size (at least 1 column)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SearchError(f"k must be a positive integer, got {k!r}")
+    return max(1, min(int(k), int(num_docs)))
+
+
+def topk_rows(scores: np.ndarray, k: int, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (row, score) of one dense score vector, best first, ties broken by lower row.
+
+    ``keep`` (bool mask) restricts candidates; the result can be shorter than k.
+    """
+    idx = np.flatnonzero(keep) if keep is not None else np.arange(scores.shape[0])
+    if idx.size > k:
+        part = np.argpartition(-scores[idx], k - 1)[:k]
+        idx = idx[part]
+    order = np.lexsort((idx, -scores[idx]))
+    idx = idx[order]
+    return idx.astype(np.int64), scores[idx].astype(np.float32)
+
+
+def write_meta(directory: Path, payload: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / META_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(directory: Path, expected_name: str) -> dict[str, Any]:
+    path = directory / META_FILE
+    if not path.is_file():
+        raise IndexError_(f"{path}: missing candidate-generator metadata (not a saved {expected_name} index?)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexError_(f"{path}: corrupt metadata ({exc.msg} at line {exc.lineno})") from None
+    if meta.get("name") != expected_name:
+        raise IndexError_(f"{path}: holds a {meta.get('name')!r} index, expected {expected_name!r}")
+    return meta
