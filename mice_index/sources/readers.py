@@ -1,0 +1,179 @@
+"""Streaming readers for documents and queries (BEIR folder, JSONL, TSV, or `irds:<id>`).
+
+Each reader yields records one by one; only the set of ids seen so far is kept (for duplicate
+detection). Every bad input raises one SourceError naming file and line (and the id when known).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from mice_index.errors import SourceError
+from mice_index.sources import irds
+from mice_index.sources._files import (
+    Src,
+    count_nonblank_lines,
+    first_line_of,
+    get_str,
+    is_irds,
+    iter_lines,
+    parse_json_object,
+    resolve_file,
+)
+from mice_index.sources.records import Document, Query
+
+_JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+_TSV_SUFFIXES = {".tsv", ".txt"}
+
+
+def _check_id(value: str, path: Path | str, where: str, kind: str) -> str:
+    if not value.strip():
+        raise SourceError(f"{path}:{where}: empty {kind} id")
+    if any(ch.isspace() for ch in value):
+        raise SourceError(
+            f"{path}:{where}: {kind} id {value!r} contains whitespace (ids are written to TREC run files)"
+        )
+    return value
+
+
+def _duplicate(path: Path, lineno: int, kind: str, key: str, extract) -> SourceError:
+    first = first_line_of(path, key, extract)
+    seen = f"first on line {first}" if first is not None and first < lineno else "seen earlier"
+    return SourceError(f"{path}:{lineno}: duplicate {kind} id {key!r} ({seen})")
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def read_documents(
+    src: Src, *, id_field: str = "_id", text_field: str = "text", title_field: str = "title"
+) -> Iterator[Document]:
+    """Stream documents from a BEIR folder (corpus.jsonl), a JSONL file (.gz ok) or `irds:<id>`.
+
+    For JSONL, `id_field` and `text_field` are required strings and `title_field` an optional
+    string (missing/null -> ""); empty text is allowed. For irds the record's doc_id / text (or
+    default_text()) / title are used and the field options are ignored. Raises SourceError on bad
+    input, a duplicate id, or (at the end of iteration) an empty corpus.
+    """
+    if is_irds(src):
+        yield from _irds_documents(str(src))
+        return
+    path = resolve_file(src, "corpus.jsonl", "corpus")
+
+    def extract(lineno: int, line: str) -> str | None:
+        return get_str(parse_json_object(path, lineno, line), id_field, path, lineno)
+
+    seen: set[str] = set()
+    for lineno, line in iter_lines(path):
+        obj = parse_json_object(path, lineno, line)
+        doc_id = _check_id(get_str(obj, id_field, path, lineno), path, str(lineno), "document")
+        where = f" document {doc_id!r}:"
+        text = get_str(obj, text_field, path, lineno, where=where)
+        title = get_str(obj, title_field, path, lineno, where=where, required=False) or ""
+        if doc_id in seen:
+            raise _duplicate(path, lineno, "document", doc_id, extract)
+        seen.add(doc_id)
+        yield Document(doc_id, text, title)
+    if not seen:
+        raise SourceError(f"{path}: no documents (file is empty or has only blank lines)")
+
+
+def _irds_documents(src: str) -> Iterator[Document]:
+    seen: set[str] = set()
+
+    def convert(record) -> Document:
+        title = getattr(record, "title", "") or ""
+        return Document(str(record.doc_id), irds.record_text(record), str(title))
+
+    for n, doc in enumerate(irds.iterate(src, "docs", convert), 1):
+        if doc.doc_id in seen:
+            raise SourceError(f"{src}: document #{n}: duplicate document id {doc.doc_id!r}")
+        seen.add(doc.doc_id)
+        yield doc
+    if not seen:
+        raise SourceError(f"{src}: dataset has no documents")
+
+
+def count_documents(src: Src) -> int | None:
+    """Number of documents for progress bars: non-blank lines of the JSONL, or ir_datasets'
+    docs_count() (None when it does not know). Does not validate the lines."""
+    if is_irds(src):
+        return irds.docs_count(str(src))
+    return count_nonblank_lines(resolve_file(src, "corpus.jsonl", "corpus"))
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def read_queries(src: Src, *, id_field: str = "_id", text_field: str = "text") -> Iterator[Query]:
+    """Stream queries from a BEIR folder (queries.jsonl), JSONL, TSV (`qid<TAB>text`, no header)
+    or `irds:<id>`. All queries of the file are kept. Empty query text and duplicate ids raise
+    SourceError naming file and line; so does a file without any query (at the end).
+
+    The format of a file is taken from its suffix (.jsonl/.json/.ndjson vs .tsv/.txt), otherwise
+    from its first non-blank line (JSON object or not).
+    """
+    if is_irds(src):
+        yield from _irds_queries(str(src))
+        return
+    path = resolve_file(src, "queries.jsonl", "queries")
+    parse = _parse_jsonl_query if _is_jsonl(path) else _parse_tsv_query
+
+    def extract(lineno: int, line: str) -> str:
+        return parse(path, lineno, line, id_field, text_field)[0]
+
+    seen: set[str] = set()
+    for lineno, line in iter_lines(path):
+        query_id, text = parse(path, lineno, line, id_field, text_field)
+        if not text.strip():
+            raise SourceError(f"{path}:{lineno}: query {query_id!r} has empty text")
+        if query_id in seen:
+            raise _duplicate(path, lineno, "query", query_id, extract)
+        seen.add(query_id)
+        yield Query(query_id, text)
+    if not seen:
+        raise SourceError(f"{path}: no queries (file is empty or has only blank lines)")
+
+
+def _is_jsonl(path: Path) -> bool:
+    suffixes = {s.lower() for s in path.suffixes}
+    if suffixes & _JSONL_SUFFIXES:
+        return True
+    if suffixes & _TSV_SUFFIXES:
+        return False
+    for _, line in iter_lines(path):
+        return line.lstrip().startswith("{")
+    return True
+
+
+def _parse_jsonl_query(path: Path, lineno: int, line: str, id_field: str, text_field: str):
+    obj = parse_json_object(path, lineno, line)
+    query_id = _check_id(get_str(obj, id_field, path, lineno), path, str(lineno), "query")
+    text = get_str(obj, text_field, path, lineno, where=f" query {query_id!r}:")
+    return query_id, text
+
+
+def _parse_tsv_query(path: Path, lineno: int, line: str, _id_field: str, _text_field: str):
+    if "\t" not in line:
+        raise SourceError(f"{path}:{lineno}: expected 'query_id<TAB>text' (no tab found)")
+    query_id, text = line.split("\t", 1)
+    query_id = _check_id(query_id.strip(), path, str(lineno), "query")
+    return query_id, text.strip()
+
+
+def _irds_queries(src: str) -> Iterator[Query]:
+    seen: set[str] = set()
+
+    def convert(record) -> Query:
+        return Query(str(record.query_id), irds.record_text(record))
+
+    for n, query in enumerate(irds.iterate(src, "queries", convert), 1):
+        if not query.text.strip():
+            raise SourceError(f"{src}: query #{n} ({query.query_id!r}) has empty text")
+        if query.query_id in seen:
+            raise SourceError(f"{src}: query #{n}: duplicate query id {query.query_id!r}")
+        seen.add(query.query_id)
+        yield query
+    if not seen:
+        raise SourceError(f"{src}: dataset has no queries")
