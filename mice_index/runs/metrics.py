@@ -49,8 +49,8 @@ def evaluate(
 
     `run` is a run file path, a Mapping query_id -> results or an iterable of ScoredDoc; `qrels` a
     source accepted by read_qrels or an iterable of ir_measures.Qrel. Returns {name: value} in the
-    order given. Averages follow ir_measures/trec_eval: over the queries that appear in both the
-    run and the qrels (queries missing from either are logged). Raises MetricError for an unknown
+    order given. Averages follow ir_measures: over all judged queries, a judged query without
+    results counting as 0 (logged as a warning); run queries without judgements are ignored. Raises MetricError for an unknown
     name, RunError if run and qrels share no query id, or if `known_doc_ids` is given and the run
     names documents outside it.
     """
@@ -82,7 +82,7 @@ def evaluate(
             f"{_examples(run_qids)}, qrels has {len(qrel_qids)} e.g. {_examples(qrel_qids)})"
         )
     if len(shared) < len(qrel_qids):
-        log.warning("%d of %d judged queries have no results in the run; they are not averaged",
+        log.warning("%d of %d judged queries have no results in the run; they count as 0",
                     len(qrel_qids - shared), len(qrel_qids))
     if len(shared) < len(run_qids):
         log.info("%d run queries have no judgements and are ignored", len(run_qids - shared))
