@@ -6,6 +6,7 @@ errors (MiceIndexError) are printed as one red line with exit code 2, never as a
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -28,6 +29,11 @@ from mice_index.cli import eval as _eval  # noqa: E402,F401
 
 
 def main() -> None:
+    from rich.logging import RichHandler
+
+    # Only the CLI configures logging; library modules just log to their module loggers.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)])
     try:
         app()
     except MiceIndexError as exc:
