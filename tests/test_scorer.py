@@ -1,0 +1,72 @@
+"""The streaming scorer gives the scores the model gives from text, whatever the batching."""
+
+import numpy as np
+import pytest
+import torch
+
+from mice_index.scorer import MiceScorer, ScorerConfig, _token_batches
+
+DOCS = [
+    "Honey bees store nectar in wax cells and fan it with their wings until it thickens.",
+    "A volcano is a vent in the crust.",
+    "Solar panels still produce power on cloudy days, only less of it.",
+    "",
+    "Sailors once found their latitude by measuring the angle of the pole star above the horizon, "
+    "a method that needs nothing but a clear night and a simple instrument.",
+]
+
+
+class ListReader:
+    """States kept in memory, as an index would return them."""
+
+    def __init__(self, model, texts):
+        self.states = [s.numpy() for s in model.encode_documents(texts)]
+        self.calls = 0
+
+    def get_states(self, rows):
+        self.calls += 1
+        return [self.states[r] for r in rows]
+
+
+@pytest.mark.parametrize("batch_tokens,pairs_per_group", [(16_384, 512), (40, 3), (1, 1)])
+def test_scores_match_text_path(tiny_mice, batch_tokens, pairs_per_group):
+    reader = ListReader(tiny_mice, DOCS)
+    queries = ["how do bees make honey", "navigation by stars"]
+    rows = [[0, 1, 2, 3, 4], [4, 0, 3]]
+    cfg = ScorerConfig(batch_tokens=batch_tokens, pairs_per_group=pairs_per_group, dtype="fp32")
+    got = MiceScorer(tiny_mice, reader, cfg).score(queries, rows)
+    for q, r, g in zip(queries, rows, got):
+        want = tiny_mice.score_texts(q, [DOCS[i] for i in r]).numpy()
+        np.testing.assert_allclose(g, want, atol=1e-5)
+
+
+def test_empty_candidate_lists(tiny_mice):
+    scorer = MiceScorer(tiny_mice, ListReader(tiny_mice, DOCS), ScorerConfig(dtype="fp32"))
+    out = scorer.score(["a", "b"], [[], [1]])
+    assert out[0].shape == (0,) and out[1].shape == (1,)
+    assert scorer.score([], []) == []
+
+
+def test_reader_errors_reach_the_caller(tiny_mice):
+    class Broken:
+        def get_states(self, rows):
+            raise OSError("shard 00003 unreadable")
+
+    scorer = MiceScorer(tiny_mice, Broken(), ScorerConfig(dtype="fp32", pairs_per_group=1))
+    with pytest.raises(OSError, match="00003"):
+        scorer.score(["q"], [[0, 1, 2]])
+
+
+def test_bf16_ranking_close_to_fp32(tiny_mice):
+    reader = ListReader(tiny_mice, DOCS)
+    fp32 = MiceScorer(tiny_mice, reader, ScorerConfig(dtype="fp32")).score(["bees"], [[0, 1, 2, 4]])[0]
+    bf16 = MiceScorer(tiny_mice, reader, ScorerConfig(dtype="bf16")).score(["bees"], [[0, 1, 2, 4]])[0]
+    assert np.abs(bf16 - fp32).max() < 0.05
+    tiny_mice.to(torch.float32)
+
+
+def test_token_batches_respect_budget():
+    lengths = np.array([50, 40, 40, 10, 3])
+    slices = list(_token_batches(lengths, 100))
+    assert [lengths[s].tolist() for s in slices] == [[50, 40], [40, 10], [3]]
+    assert sum(s.stop - s.start for s in _token_batches(lengths, 1)) == 5  # over-long docs go alone
