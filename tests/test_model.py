@@ -187,3 +187,19 @@ def test_bf16_scores_close_to_fp32(tiny_mice):
     bf16 = tiny_mice.to(torch.bfloat16).score_texts("bread", SENTENCES)
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max().item() < 0.05 * fp32.abs().max().item() + 1e-2
+
+
+def test_full_cross_encoder_scores_pairs(tmp_path, minilm_dir):
+    from mice_index.crossencoder import CrossEncoder
+
+    hf = write_tiny_bert(tmp_path / "ce", minilm_dir, cross_encoder=True, seed=5)
+    ce = CrossEncoder(tmp_path / "ce", max_length=64)
+    scores = ce.score("bees", SENTENCES[:3], batch_size=2)
+    enc = ce.tokenizer(["bees"], [SENTENCES[1]], return_tensors="pt")
+    with torch.no_grad():
+        ref = hf(**enc).logits[0, 0]
+    assert scores.shape == (3,) and abs(scores[1].item() - ref.item()) < 1e-5
+    (tmp_path / "ce" / "model.safetensors").unlink()
+    torch.save({}, tmp_path / "ce" / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="pickle"):
+        CrossEncoder(tmp_path / "ce")
