@@ -1,0 +1,368 @@
+"""The offline indexer: sources -> encoder -> codec -> store -> candidates (`mice-index build`).
+
+    build_index("path/to/beir", "my-index", BuildConfig(codec="compact"))
+
+The index is written as build shards of `shard_docs` consecutive documents, each committed
+atomically, then the candidate indexes (BM25, dense) and finally the manifest with
+`complete: true`. Killed at any moment, the same call resumes: committed shards are kept (their
+documents are read but not encoded), the codec is never refitted, and the result is identical to
+an uninterrupted build because windows/batches are aligned to shard boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+import mice_index
+from mice_index.candidates import BM25Index, DenseConfig, DenseIndexBuilder
+from mice_index.codec import Codec, make_codec, resolve_codec_name
+from mice_index.encoder import DocumentEncoder, EncoderConfig
+from mice_index.errors import IndexError_, MiceIndexError, ModelError
+from mice_index.model import MiceModel
+from mice_index.sources import Document, count_documents, read_documents
+from mice_index.store import layout as L
+from mice_index.store.reader import index_info, load_codec, read_manifest
+from mice_index.store.writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+DenseMode = Literal["auto", "none"]
+# Test hook: "commit:K" SIGKILLs the process right after committing its K-th shard, "precommit:K"
+# just before renaming the K-th shard's tmp folder, "candidates" before the candidate indexes.
+KILL_ENV = "MICE_INDEX_TEST_KILL_AT"
+_LEFTOVERS = {L.CODEC_DIR, L.TMP_PREFIX + L.CODEC_DIR, L.SHARDS_DIR, L.MANIFEST + ".tmp"}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    model: str | None = None  # MICE checkpoint / HF folder / hub id; None = the default model
+    codec: str = "fp16"
+    max_doc_length: int | None = None  # None: the model's
+    batch_tokens: int = 8192
+    window_docs: int = 1024
+    window_tokens: int = 65536
+    shard_docs: int = 8192
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    dense: DenseMode = "auto"  # auto: dense vectors from the backbone (same pass when possible)
+    dense_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    bm25: bool = True
+    fit_tokens: int = 65536  # codec training sample: the first tokens in corpus order
+    seed: int = 0
+    overwrite: bool = False
+    id_field: str = "_id"
+    text_field: str = "text"
+    title_field: str = "title"
+
+    def __post_init__(self) -> None:
+        resolve_codec_name(self.codec)  # unknown codec -> CodecError before anything is loaded
+        if self.shard_docs < 1 or self.fit_tokens < 1:
+            raise MiceIndexError("shard_docs and fit_tokens must be >= 1")
+        if self.dense not in ("auto", "none"):
+            raise MiceIndexError(f"dense must be 'auto' or 'none', got {self.dense!r}")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    info: dict[str, Any]
+    encoded_docs: int  # documents encoded by this call (0 when everything was already committed)
+    seconds: float
+
+
+def _kill_hook(point: str) -> None:
+    if os.environ.get(KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> dict[str, Any]:
+    keys = ("batch_tokens", "window_docs", "window_tokens", "shard_docs", "dtype", "dense", "fit_tokens",
+            "seed", "id_field", "text_field", "title_field")
+    return {"codec": codec_name, "max_doc_length": max_len, **{k: getattr(cfg, k) for k in keys}}
+
+
+def _load_dense(model: MiceModel, cfg: BuildConfig):
+    """(tower over model's states | None, second-pass model | None, its tower | None, description)."""
+    if cfg.dense == "none":
+        return None, None, None, None
+    from mice_index.defaults import DEFAULT_BACKBONE, load_dense_tower
+
+    try:
+        tower = load_dense_tower(model)
+        if tower is not None:
+            return tower, None, None, {"source": "tower", "backbone": DEFAULT_BACKBONE}
+        layer = min(model.config.fusion_layer, 5)
+        backbone = MiceModel.from_pretrained(DEFAULT_BACKBONE, fusion_layer=layer, num_interaction_layers=1)
+        return None, backbone, load_dense_tower(backbone), {"source": "second-pass", "backbone": DEFAULT_BACKBONE}
+    except ModelError as exc:
+        log.warning("no dense vectors: the dense backbone cannot be loaded (%s)", exc)
+        return None, None, None, None
+
+
+class _Builder:
+    def __init__(self, corpus, index: Path, cfg: BuildConfig, model: MiceModel | None, progress):
+        self.corpus, self.root, self.cfg, self.progress = corpus, Path(index), cfg, progress
+        self.codec_name = resolve_codec_name(cfg.codec)
+        self.model = model if model is not None else _load_model(cfg.model)
+        mc = self.model.config
+        self.max_len = cfg.max_doc_length or mc.max_doc_length
+        if not 3 <= self.max_len <= mc.max_position_embeddings:
+            raise MiceIndexError(f"--max-doc-length must be in 3..{mc.max_position_embeddings} for this model, "
+                                 f"got {self.max_len}")
+        self.settings = _settings(cfg, self.max_len, self.codec_name)
+        self.fingerprint = self.model.fingerprint()
+
+    def docs(self) -> Iterator[Document]:
+        c = self.cfg
+        return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field)
+
+    # -- index folder state --
+    def prepare(self) -> dict[str, Any] | None:
+        """Existing (incomplete, compatible) manifest to resume, or None for a fresh build."""
+        root = self.root
+        if (root / L.MANIFEST).exists():
+            m = read_manifest(root)
+            if self.cfg.overwrite:
+                log.info("%s: --overwrite: removing the existing index", root)
+                for entry in root.iterdir():
+                    L.remove(entry)
+                return None
+            if m.get("complete"):
+                raise IndexError_(f"{root}: already holds a complete index; pass --overwrite to rebuild it")
+            if m["model"]["fingerprint"] != self.fingerprint:
+                raise IndexError_(
+                    f"{root}: holds states of another model (fingerprint {m['model']['fingerprint']}, "
+                    f"{m['model']['name']}) than {self.model_name} ({self.fingerprint}); refusing to append "
+                    "(use another --index or --overwrite)")
+            diff = {k: (m["settings"].get(k), v) for k, v in self.settings.items() if m["settings"].get(k) != v}
+            if diff:
+                what = ", ".join(f"{k}: index {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+                raise IndexError_(f"{root}: unfinished index was started with other settings ({what}); "
+                                  "re-run with the same options or pass --overwrite")
+            return m
+        if root.exists():
+            if not root.is_dir():
+                raise IndexError_(f"{root}: exists and is not a folder")
+            foreign = [e.name for e in root.iterdir() if e.name not in _LEFTOVERS]
+            if foreign:
+                raise IndexError_(f"{root}: folder is not empty and holds no index ({foreign[0]!r}, ...); "
+                                  "refusing to write into it")
+            for entry in root.iterdir():  # leftovers of a build killed before its first manifest
+                L.remove(entry)
+        return None
+
+    @property
+    def model_name(self) -> str:
+        return str(self.cfg.model) if self.cfg.model else "default"
+
+    def new_manifest(self, codec: Codec, dense: dict | None) -> dict[str, Any]:
+        config, arrays = codec.to_params()
+        tmp, final = self.root / (L.TMP_PREFIX + L.CODEC_DIR), self.root / L.CODEC_DIR
+        L.remove(tmp)
+        tmp.mkdir(parents=True)
+        for name, a in arrays.items():
+            np.save(tmp / f"{name}.npy", a, allow_pickle=False)
+        L.remove(final)
+        L.commit_dir(tmp, final)
+        mc = self.model.config
+        return {
+            "format_version": L.FORMAT_VERSION, "library_version": mice_index.__version__, "complete": False,
+            "corpus": str(self.corpus),
+            "model": {"name": self.model_name, "fingerprint": self.fingerprint, "fusion_layer": mc.fusion_layer,
+                      "hidden_size": mc.hidden_size, "family": mc.family},
+            "settings": self.settings,
+            "codec": {"name": codec.name, "config": config, "arrays": sorted(arrays), "columns": sorted(codec.columns()),
+                      "bytes_per_token": codec.bytes_per_token, "fingerprint": codec.fingerprint()},
+            "dense": dense, "shards": [], "counts": {}, "candidates": {},
+        }
+
+    def fit_codec(self, encoder: DocumentEncoder) -> Codec:
+        codec = make_codec(self.codec_name, dim=self.model.config.hidden_size)
+        if not codec.needs_fit:
+            return codec
+        sample, n = [], 0
+        for win in encoder.windows(self.docs(), 0, self.cfg.shard_docs):
+            sample.append(win.states)
+            n += win.states.shape[0]
+            if n >= self.cfg.fit_tokens:
+                break
+        x = np.concatenate(sample)[: self.cfg.fit_tokens]
+        log.info("fitting codec %s on %d tokens", codec.name, x.shape[0])
+        return codec.fit(x, seed=self.cfg.seed)
+
+    def recover_shards(self, m: dict[str, Any]) -> list[dict[str, Any]]:
+        """Committed shards on disk (source of truth: their shard.json), checked for contiguity."""
+        sdir = self.root / L.SHARDS_DIR
+        sdir.mkdir(exist_ok=True)
+        for tmp in sdir.glob(L.TMP_PREFIX + "*"):
+            L.remove(tmp)  # an uncommitted shard of an interrupted run
+        shards = []
+        for i, d in enumerate(sorted(p for p in sdir.iterdir() if p.is_dir())):
+            if d.name != L.shard_name(i):
+                raise IndexError_(f"{d}: unexpected shard folder (expected {L.shard_name(i)}); the index is damaged")
+            meta = L.read_json(d / L.SHARD_META, "shard metadata")
+            want = i * self.cfg.shard_docs
+            if meta["start_row"] != want:
+                raise IndexError_(f"{d / L.SHARD_META}: starts at row {meta['start_row']}, expected {want}")
+            for rel, f in meta["files"].items():
+                if not (d / rel).is_file() or (d / rel).stat().st_size != f["bytes"]:
+                    raise IndexError_(f"{d / rel}: missing or wrong size (shard {d.name} is damaged; delete "
+                                      "that shard folder and re-run to rebuild it)")
+            shards.append({"name": d.name, "sha256": L.sha256_file(d / L.SHARD_META),
+                           **{k: meta[k] for k in ("start_row", "num_docs", "num_tokens", "truncated_docs",
+                                                   "empty_docs")}})
+        return shards
+
+    def skip_committed(self, docs: Iterator[Document], shards: list[dict]) -> Iterator[Document]:
+        """Consume the committed documents from the stream, checking they are the same ids."""
+        import pyarrow.parquet as pq
+
+        for s in shards:
+            path = self.root / L.SHARDS_DIR / s["name"] / L.DOCS
+            for row, stored in enumerate(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()):
+                doc = next(docs, None)
+                if doc is None or doc.doc_id != stored:
+                    got = "the end of the corpus" if doc is None else f"id {doc.doc_id!r}"
+                    raise IndexError_(f"{self.root}: the corpus differs from the one this unfinished index was "
+                                      f"started with: row {s['start_row'] + row} is {stored!r} in the index, "
+                                      f"{got} in {self.corpus}; pass --overwrite to start over")
+            if self.progress:
+                self.progress(s["num_docs"])
+        if shards and shards[-1]["num_docs"] < self.cfg.shard_docs:  # the last shard ended the corpus
+            extra = next(docs, None)
+            if extra is not None:
+                raise IndexError_(f"{self.root}: the corpus has more documents ({extra.doc_id!r}, ...) than when "
+                                  "this index was started; pass --overwrite to start over")
+        return docs
+
+    def write_manifest(self, m: dict[str, Any]) -> None:
+        sh = m["shards"]
+        m["counts"] = {k: int(sum(s[k] for s in sh)) for k in ("num_docs", "num_tokens", "truncated_docs", "empty_docs")}
+        L.write_json_atomic(self.root / L.MANIFEST, m)
+
+    # -- main --
+    def run(self) -> int:
+        m = self.prepare()
+        tower, dmodel, dtower, dense_desc = _load_dense(self.model, self.cfg)
+        enc_cfg = EncoderConfig(max_doc_length=self.max_len, batch_tokens=self.cfg.batch_tokens,
+                                window_docs=self.cfg.window_docs, window_tokens=self.cfg.window_tokens,
+                                device=self.cfg.device, dtype=self.cfg.dtype)
+        encoder = DocumentEncoder(self.model, enc_cfg, tower, dmodel, dtower)
+        if dense_desc is not None:
+            dense_desc["dim"] = encoder.dense_dim
+        self.root.mkdir(parents=True, exist_ok=True)
+        if m is None:
+            m = self.new_manifest(self.fit_codec(encoder), dense_desc)
+            self.write_manifest(m)
+        codec = load_codec(self.root, m)  # the stored params, also on a fresh build (one code path)
+        m["shards"] = self.recover_shards(m)
+        self.write_manifest(m)
+        docs = self.skip_committed(iter(self.docs()), m["shards"])
+        encoded = self.encode(encoder, codec, docs, m)
+        _kill_hook("candidates")
+        self.build_candidates(m)
+        m["complete"] = True
+        self.write_manifest(m)
+        return encoded
+
+    def encode(self, encoder: DocumentEncoder, codec: Codec, docs, m: dict[str, Any]) -> int:
+        S, start = self.cfg.shard_docs, int(sum(s["num_docs"] for s in m["shards"]))
+        if m["shards"] and m["shards"][-1]["num_docs"] < S:
+            return 0
+        writer: ShardWriter | None = None
+        encoded = 0
+
+        def commit():
+            nonlocal writer
+            _kill_hook(f"precommit:{len(m['shards']) + 1}")
+            meta = writer.commit()
+            m["shards"].append({"name": writer.final.name, "sha256": L.sha256_file(writer.final / L.SHARD_META),
+                                **{k: meta[k] for k in ("start_row", "num_docs", "num_tokens", "truncated_docs",
+                                                        "empty_docs")}})
+            self.write_manifest(m)
+            writer = None
+            _kill_hook(f"commit:{len(m['shards'])}")
+
+        try:
+            for win in encoder.windows(docs, start, S):
+                if writer is None:
+                    writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec)
+                writer.add(win)
+                encoded += len(win.docs)
+                if self.progress:
+                    self.progress(len(win.docs))
+                if writer.num_docs == S:
+                    commit()
+            if writer is not None:
+                commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        return encoded
+
+    def build_candidates(self, m: dict[str, Any]) -> None:
+        from mice_index.store.reader import IndexReader
+
+        reader = IndexReader(self.root, m)
+        n = reader.num_docs
+        if self.cfg.bm25 and not (self.root / L.BM25_DIR).is_dir():
+            log.info("building BM25 over %d documents", n)
+            bm25 = BM25Index.build(reader.iter_texts(), num_docs=n)
+            tmp = self.root / (L.TMP_PREFIX + L.BM25_DIR)
+            L.remove(tmp)
+            bm25.save(tmp)
+            L.commit_dir(tmp, self.root / L.BM25_DIR)
+        if m.get("dense") and not (self.root / L.DENSE_DIR).is_dir():
+            builder = DenseIndexBuilder(m["dense"]["dim"], DenseConfig(kind=self.cfg.dense_kind))
+            for s in reader._shards:
+                builder.add(np.load(s.dir / L.DENSE, mmap_mode="r"))
+            tmp = self.root / (L.TMP_PREFIX + L.DENSE_DIR)
+            L.remove(tmp)
+            builder.finish().save(tmp)
+            L.commit_dir(tmp, self.root / L.DENSE_DIR)
+        m["candidates"] = {"bm25": L.BM25_DIR if self.cfg.bm25 else None,
+                           "dense": L.DENSE_DIR if m.get("dense") else None,
+                           "dense_kind": self.cfg.dense_kind if m.get("dense") else None}
+
+
+def _load_model(name: str | None) -> MiceModel:
+    from mice_index.defaults import load_model
+
+    return load_model(name)
+
+
+def build_index(
+    corpus: str | os.PathLike,
+    index: str | os.PathLike,
+    config: BuildConfig = BuildConfig(),
+    *,
+    model: MiceModel | None = None,
+    progress: Callable[[int], None] | None = None,
+    total_callback: Callable[[int | None], None] | None = None,
+) -> BuildResult:
+    """Build (or resume) the index of `corpus` in folder `index`. `model` overrides config.model
+    (already loaded); `progress(n)` is called with the number of documents done since the last
+    call; `total_callback(total)` once with the corpus size (None when unknown)."""
+    import time
+
+    t0 = time.perf_counter()
+    builder = _Builder(corpus, Path(index), config, model, progress)
+    if total_callback is not None:
+        try:
+            total_callback(count_documents(corpus))
+        except MiceIndexError:
+            total_callback(None)
+    encoded = builder.run()
+    return BuildResult(Path(index), index_info(index), encoded, time.perf_counter() - t0)
+
+
+__all__ = ["BuildConfig", "BuildResult", "KILL_ENV", "build_index"]

@@ -1,0 +1,231 @@
+"""Encoder stage: documents -> layer-ℓ* token states (+ dense vectors), in corpus order.
+
+Documents are streamed and cut into *windows* (at most `window_docs` documents / `window_tokens`
+tokens, restarted at every `boundary`, i.e. build shard). Inside a window documents are sorted by
+length and batched by a token budget (`batch_tokens` = batch size x padded length), so almost no
+compute goes to padding; results are put back into corpus order before the window is yielded.
+Because windows depend only on the corpus, the settings and the shard boundaries, every run (and
+every resumed run) computes exactly the same batches and therefore bit-identical states.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from mice_index.errors import MiceIndexError
+from mice_index.model import DenseTower, MiceModel
+from mice_index.sources import Document
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["bf16", "fp32"]
+TOKENIZE_CHUNK = 256  # documents tokenised per tokenizer call (result is chunking-independent)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    max_doc_length: int = 256
+    batch_tokens: int = 8192  # batch size x padded length per forward pass
+    window_docs: int = 1024  # documents sorted together (bounded memory)
+    window_tokens: int = 65536  # ... and at most this many real tokens per window
+    device: Device = "auto"
+    dtype: DType = "bf16"  # compute dtype; stored states are always float32 before the codec
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "window_docs", "window_tokens"):
+            if getattr(self, name) < 1:
+                raise MiceIndexError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_doc_length < 3:
+            raise MiceIndexError(f"--max-doc-length must be >= 3, got {self.max_doc_length}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MiceIndexError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.dtype not in ("bf16", "fp32"):
+            raise MiceIndexError(f"--dtype must be bf16 or fp32, got {self.dtype!r}")
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MiceIndexError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(device)
+
+
+@dataclass
+class EncodedWindow:
+    """Consecutive documents (corpus order) with their concatenated float32 states."""
+
+    start_row: int
+    docs: list[Document]
+    lengths: np.ndarray  # int32 [n] tokens per document ([CLS] ... [SEP] included)
+    states: np.ndarray  # float32 [sum(lengths), D]
+    dense: np.ndarray | None  # float32 [n, Dd] (L2-normalised) or None
+    truncated: np.ndarray  # bool [n]: the document was longer than max_doc_length
+
+
+class _Pass:
+    """One tokenizer + bottom (+ optional tower) used for forward passes over token id lists."""
+
+    def __init__(self, model: MiceModel, tower: DenseTower | None, max_length: int, device: torch.device):
+        self.model, self.tower, self.max_length, self.device = model, tower, max_length, device
+        tok = model.tokenizer
+        if tok is None:
+            raise MiceIndexError("the model has no tokenizer; cannot encode documents")
+        self.tok, self.sep, self.pad = tok, tok.sep_token_id, tok.pad_token_id or 0
+
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids truncated to max_length exactly like `MiceModel.tokenize`, plus a flag per
+        text telling whether truncation happened (asks for one token more to find out)."""
+        L = self.max_length
+        enc = self.tok(texts, truncation=True, max_length=L + 1, return_attention_mask=False,
+                       return_token_type_ids=False)["input_ids"]
+        out, cut = [], []
+        for ids in enc:
+            if len(ids) > L:
+                out.append(ids[: L - 1] + [self.sep])
+                cut.append(True)
+            else:
+                out.append(ids)
+                cut.append(False)
+        return out, cut
+
+
+class DocumentEncoder:
+    """Encodes documents with `model`'s bottom; dense vectors from `tower` over the same states,
+    or (when `dense_model` is given) from a second pass through another bottom + its tower."""
+
+    def __init__(self, model: MiceModel, config: EncoderConfig, tower: DenseTower | None = None,
+                 dense_model: MiceModel | None = None, dense_tower: DenseTower | None = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.autocast = config.dtype == "bf16"
+        model = model.to(self.device).eval()
+        tower = tower.to(self.device).eval() if tower is not None else None
+        self.main = _Pass(model, tower, config.max_doc_length, self.device)
+        self.second = None
+        if dense_model is not None:
+            if dense_tower is None:
+                raise MiceIndexError("dense_model needs its dense_tower")
+            dense_model = dense_model.to(self.device).eval()
+            self.second = _Pass(dense_model, dense_tower.to(self.device).eval(),
+                                dense_model.config.max_doc_length, self.device)
+        self.hidden_size = model.config.hidden_size
+        self.dense_dim = (dense_model or model).config.hidden_size if (tower or self.second) else None
+
+    # -- forward passes --
+    def _forward(self, p: _Pass, ids: list[list[int]], want_states: bool):
+        """ids of one batch -> (list of float32 [T_i,D] states | None, dense [B,Dd] | None)."""
+        T = max(len(x) for x in ids)
+        arr = np.full((len(ids), T), p.pad, dtype=np.int64)
+        mask = np.zeros((len(ids), T), dtype=np.int64)
+        for i, x in enumerate(ids):
+            arr[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        t_ids, t_mask = torch.from_numpy(arr), torch.from_numpy(mask)
+        if self.device.type == "cuda":
+            t_ids = t_ids.pin_memory().to(self.device, non_blocking=True)
+            t_mask = t_mask.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.autocast):
+            states = p.model.encode_document_batch(t_ids, t_mask)
+            dense = p.tower(states, t_mask).float().cpu().numpy() if p.tower is not None else None
+            out = None
+            if want_states:
+                st = states.float().cpu().numpy()
+                out = [st[i, : len(x)] for i, x in enumerate(ids)]
+        return out, dense
+
+    def _batches(self, lengths: list[int]) -> Iterator[list[int]]:
+        """Indices sorted by length (longest first, stable), cut so that B * Tmax <= batch_tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batch: list[int] = []
+        for i in order:
+            tmax = lengths[batch[0]] if batch else lengths[i]
+            if batch and (len(batch) + 1) * tmax > self.config.batch_tokens:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def _encode_ids(self, p: _Pass, ids: list[list[int]], want_states: bool):
+        states: list[np.ndarray | None] = [None] * len(ids)
+        dense = np.zeros((len(ids), self.dense_dim or 0), np.float32)
+        for b in self._batches([len(x) for x in ids]):
+            st, dn = self._forward(p, [ids[i] for i in b], want_states)
+            for j, i in enumerate(b):
+                if st is not None:
+                    states[i] = st[j]
+                if dn is not None:
+                    dense[i] = dn[j]
+        return states, dense
+
+    def encode_window(self, start_row: int, docs: list[Document], ids: list[list[int]],
+                      truncated: list[bool]) -> EncodedWindow:
+        states, dense = self._encode_ids(self.main, ids, want_states=True)
+        if self.second is not None:
+            texts = [self.second.model.format_document(d.title, d.text) for d in docs]
+            _, dense = self._encode_ids(self.second, self.second.tokenize(texts)[0], want_states=False)
+        lengths = np.array([len(x) for x in ids], dtype=np.int32)
+        cat = np.concatenate(states) if states else np.zeros((0, self.hidden_size), np.float32)
+        return EncodedWindow(start_row, docs, lengths, np.ascontiguousarray(cat, dtype=np.float32),
+                             dense if self.dense_dim else None, np.array(truncated, dtype=bool))
+
+    def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
+        """Convenience: texts -> float32 states [T_i, D] (one window, no shard logic)."""
+        ids, _ = self.main.tokenize(texts)
+        return self._encode_ids(self.main, ids, want_states=True)[0]
+
+    # -- streaming --
+    def windows(self, docs: Iterable[Document], start_row: int = 0, boundary: int | None = None,
+                stop_row: int | None = None) -> Iterator[EncodedWindow]:
+        """Encode `docs` (the corpus from row `start_row` on) window by window, in corpus order.
+        Windows never cross a multiple of `boundary` rows; encoding stops before `stop_row`."""
+        cfg = self.config
+        row = start_row
+        pending: list[tuple[Document, list[int], bool]] = []
+        n_tokens = 0
+
+        def flush():
+            nonlocal pending, n_tokens
+            win = self.encode_window(row - len(pending), [d for d, _, _ in pending],
+                                     [x for _, x, _ in pending], [c for _, _, c in pending])
+            pending, n_tokens = [], 0
+            return win
+
+        for chunk in _chunks(docs, TOKENIZE_CHUNK):
+            if stop_row is not None:
+                chunk = chunk[: max(0, stop_row - row)]
+            ids, cut = self.main.tokenize([self.main.model.format_document(d.title, d.text) for d in chunk])
+            for doc, x, c in zip(chunk, ids, cut):
+                if pending and (n_tokens + len(x) > cfg.window_tokens or len(pending) >= cfg.window_docs
+                                or (boundary and row % boundary == 0)):
+                    yield flush()
+                pending.append((doc, x, c))
+                n_tokens += len(x)
+                row += 1
+            if stop_row is not None and row >= stop_row:
+                break
+        if pending:
+            yield flush()
+
+
+def _chunks(items: Iterable, n: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+__all__ = ["DType", "Device", "DocumentEncoder", "EncodedWindow", "EncoderConfig", "resolve_device"]

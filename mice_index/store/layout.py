@@ -1,0 +1,114 @@
+"""On-disk layout of an index folder (documented in docs/index-format.md) and file helpers.
+
+    INDEX/manifest.json          written last of all, atomically (tmp + fsync + rename)
+    INDEX/codec/*.npy            trained codec parameters (config in the manifest)
+    INDEX/shards/00000/          one committed build shard (renamed from shards/.tmp-00000/):
+        states.zarr/             zarr v3 group: one array per codec column [tokens, width]
+                                 (sharding codec, uncompressed) + offsets [n+1] + lengths [n]
+        docs.parquet             row, doc_id, title, text, num_tokens, truncated
+        dense.npy                float32 [n, Dd] dense vectors (absent without a dense model)
+        shard.json               counts + sha256 and size of every file above
+    INDEX/bm25/, INDEX/dense/    candidate indexes (mice_index.candidates), built after all shards
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mice_index.errors import IndexError_
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_META = "shard.json"
+STATES = "states.zarr"
+DOCS = "docs.parquet"
+DENSE = "dense.npy"
+CODEC_DIR = "codec"
+SHARDS_DIR = "shards"
+BM25_DIR = "bm25"
+DENSE_DIR = "dense"
+TMP_PREFIX = ".tmp-"
+
+
+def shard_name(i: int) -> str:
+    return f"{i:05d}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (inclusive)."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Atomically publish a fully written folder: fsync its contents, rename, fsync the parent."""
+    fsync_tree(tmp)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IndexError_(f"{path}: missing {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexError_(f"{path}: corrupt {what} ({exc})") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_table(root: Path, exclude: tuple[str, ...] = (SHARD_META,)) -> dict[str, dict[str, Any]]:
+    """{relative posix path: {sha256, bytes}} for every file under root (sorted)."""
+    table = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel not in exclude:
+            table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return table
+
+
+def dir_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
