@@ -26,6 +26,7 @@ err_console = Console(stderr=True)
 # Command modules (each adds its commands to `app`).
 from mice_index.cli import score as _score  # noqa: E402,F401
 from mice_index.cli import eval as _eval  # noqa: E402,F401
+from mice_index.cli import build as _build  # noqa: E402,F401
 from mice_index.cli import search as _search  # noqa: E402,F401
 
 

@@ -1,0 +1,120 @@
+"""`mice-index build` (offline indexer) and `mice-index info` (index summary)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from mice_index.build import BuildConfig, build_index
+from mice_index.cli import app
+from mice_index.codec import codec_names
+from mice_index.store import index_info
+
+
+class _DocsPerSecond(TextColumn):
+    def __init__(self):
+        super().__init__("")
+
+    def render(self, task):
+        speed = task.finished_speed or task.speed
+        return super().render(task) if speed is None else f"{speed:,.0f} docs/s"  # type: ignore[return-value]
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+@app.command("build")
+def build_command(
+    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL file or irds:<dataset id>.")],
+    index: Annotated[Path, typer.Option("--index", help="Index folder to create (or to resume).")],
+    model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
+    codec: Annotated[str, typer.Option("--codec", help=f"State codec: {', '.join(codec_names())}.")] = "fp16",
+    max_doc_length: Annotated[int | None, typer.Option("--max-doc-length",
+                                                       help="Token limit per document (default: the model's).")] = None,
+    batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")] = 8192,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Compute dtype: bf16 or fp32 (states are stored "
+                                                       "through the codec either way).")] = "bf16",
+    shard_docs: Annotated[int, typer.Option("--shard-docs", help="Documents per build shard (resume unit).")] = 8192,
+    dense: Annotated[str, typer.Option("--dense", help="auto (backbone sentence embeddings) or none.")] = "auto",
+    dense_kind: Annotated[str, typer.Option("--dense-kind", help="faiss index: flat, hnsw or ivf.")] = "flat",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index.")] = False,
+    id_field: Annotated[str, typer.Option("--id-field", help="JSONL field holding the document id.")] = "_id",
+    text_field: Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")] = "text",
+    title_field: Annotated[str, typer.Option("--title-field", help="JSONL field holding the title.")] = "title",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Encode a corpus into a MICE index (states + BM25 + dense). Re-run the same command to resume."""
+    config = BuildConfig(
+        model=None if model == "default" else model, codec=codec, max_doc_length=max_doc_length,
+        batch_tokens=batch_tokens, device=device, dtype=dtype, shard_docs=shard_docs,  # type: ignore[arg-type]
+        dense=dense, dense_kind=dense_kind, overwrite=overwrite,  # type: ignore[arg-type]
+        id_field=id_field, text_field=text_field, title_field=title_field,
+    )
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]encode"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _DocsPerSecond(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet,
+    )
+    with progress:
+        task = progress.add_task("encode", total=None)
+        result = build_index(
+            corpus, index, config,
+            progress=lambda n: progress.advance(task, n),
+            total_callback=lambda total: progress.update(task, total=total),
+        )
+    info = result.info
+    out = Console()
+    rate = result.encoded_docs / result.seconds if result.seconds else 0.0
+    out.print(
+        f"[bold green]built[/] {info['path']}: {info['num_docs']:,} documents, {info['num_tokens']:,} tokens "
+        f"({info['truncated_docs']:,} truncated, {info['empty_docs']:,} empty), codec {info['codec']} "
+        f"({info['bytes_per_token']} B/token on disk), {_fmt_bytes(info['disk_bytes'])}; "
+        f"encoded {result.encoded_docs:,} documents this run in {result.seconds:.1f} s ({rate:,.0f} docs/s)",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command("info")
+def info_command(
+    index: Annotated[Path, typer.Option("--index", help="Index folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Summarise an index (works on unfinished ones too)."""
+    info = index_info(index)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    table = Table(title=f"index {info['path']}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    rows = [
+        ("complete", "yes" if info["complete"] else "[red]no[/] (re-run the build to finish it)"),
+        ("documents", f"{info['num_docs']:,} in {info['num_shards']} shards"),
+        ("tokens", f"{info['num_tokens']:,} ({info['truncated_docs']:,} docs truncated at "
+                   f"{info['max_doc_length']}, {info['empty_docs']:,} empty)"),
+        ("codec", f"{info['codec']} ({info['codec_bytes_per_token']} B/token nominal, "
+                  f"{info['bytes_per_token']} B/token on disk)"),
+        ("model", f"{info['model']} (fingerprint {info['model_fingerprint']})"),
+        ("layer ℓ* / hidden size", f"{info['layer']} / {info['hidden_size']}"),
+        ("dense vectors", f"{info['dense']['source']} via {info['dense']['backbone']} ({info['dense']['dim']}-d)"
+                          if info["dense"] else "none"),
+        ("candidate indexes", ", ".join(k for k, v in info["candidates"].items() if v) or "none"),
+        ("disk", _fmt_bytes(info["disk_bytes"])),
+        ("format / library", f"{info['format_version']} / {info['library_version']}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
