@@ -28,6 +28,7 @@ from mice_index.cli import score as _score  # noqa: E402,F401
 from mice_index.cli import eval as _eval  # noqa: E402,F401
 from mice_index.cli import build as _build  # noqa: E402,F401
 from mice_index.cli import search as _search  # noqa: E402,F401
+from mice_index.cli import train as _train  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,47 @@
+"""`mice-index train`: distil a teacher into a MICE model (config file + overrides)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from mice_index.cli import app
+
+
+@app.command("train")
+def train_command(
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML training config (see configs/).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Output folder (checkpoints, model/).")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="HF encoder / HF cross-encoder / MICE checkpoint.")] = None,
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="Corpus (BEIR folder, JSONL, irds:); repeatable.")] = None,
+    queries: Annotated[Optional[str], typer.Option("--queries", help="Real training queries (else pseudo-queries).")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="hybrid | cross-encoder | file")] = None,
+    teacher_path: Annotated[Optional[str], typer.Option("--teacher-path", help="Cross-encoder or teacher-scores file.")] = None,
+    teacher_format: Annotated[Optional[str], typer.Option("--teacher-format", help="msmarco-tsv | jsonl")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="marginmse | kl")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps.")] = None,
+    full: Annotated[bool, typer.Option("--full-finetune", help="Also train the bottom (slow on CPU).")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Document-state cache folder.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value; repeatable.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a MICE model by distillation (defaults: configs/minilm-l6.toml's recipe)."""
+    from mice_index.train import Trainer, load_config
+
+    overrides = list(set_ or [])
+    flags = {"output": output, "cache_dir": cache_dir, "model.init": init, "data.queries": queries,
+             "teacher.kind": teacher, "teacher.path": teacher_path, "teacher.format": teacher_format,
+             "train.loss": loss, "train.steps": steps}
+    overrides += [f"{k}={str(v)!r}" if isinstance(v, (str, Path)) else f"{k}={v}" for k, v in flags.items() if v is not None]
+    if corpus:
+        overrides.append(f"data.corpora={[str(c) for c in corpus]!r}")
+    if full:
+        overrides.append("model.freeze_bottom=False")
+    cfg = load_config(config, overrides)
+    console = Console(stderr=True)
+    result = Trainer(cfg, progress=not quiet, console=console).train()
+    console.print(f"model written to [bold]{result.model_dir}[/] after {result.steps} steps "
+                  f"({result.seconds / 60:.1f} min); dev: {result.dev}", highlight=False)
