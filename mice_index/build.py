@@ -55,7 +55,7 @@ class BuildConfig:
     dense: DenseMode = "auto"  # auto: dense vectors from the backbone (same pass when possible)
     dense_kind: Literal["flat", "hnsw", "ivf"] = "flat"
     bm25: bool = True
-    fit_tokens: int = 65536  # codec training sample: the first tokens in corpus order
+    fit_tokens: int = 65536  # codec training sample: the first tokens of the first shard
     seed: int = 0
     overwrite: bool = False
     id_field: str = "_id"
@@ -189,7 +189,7 @@ class _Builder:
         if not codec.needs_fit:
             return codec
         sample, n = [], 0
-        for win in encoder.windows(self.docs(), 0, self.cfg.shard_docs):
+        for win in encoder.windows(self.docs(), 0, self.cfg.shard_docs, stop_row=self.cfg.shard_docs):
             sample.append(win.states)
             n += win.states.shape[0]
             if n >= self.cfg.fit_tokens:

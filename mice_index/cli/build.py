@@ -15,7 +15,7 @@ from rich.table import Table
 from mice_index.build import BuildConfig, build_index
 from mice_index.cli import app
 from mice_index.codec import codec_names
-from mice_index.store import index_info
+from mice_index.store import index_info, read_manifest, verify_shards
 
 
 class _DocsPerSecond(TextColumn):
@@ -91,9 +91,13 @@ def build_command(
 def info_command(
     index: Annotated[Path, typer.Option("--index", help="Index folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also recompute every shard file's sha256.")] = False,
 ) -> None:
     """Summarise an index (works on unfinished ones too)."""
     info = index_info(index)
+    if verify:
+        verify_shards(index, read_manifest(index))  # raises IndexError_ naming the damaged file
+        info["verified"] = True
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -113,6 +117,7 @@ def info_command(
                           if info["dense"] else "none"),
         ("candidate indexes", ", ".join(k for k, v in info["candidates"].items() if v) or "none"),
         ("disk", _fmt_bytes(info["disk_bytes"])),
+        *([("checksums", "verified")] if verify else []),
         ("format / library", f"{info['format_version']} / {info['library_version']}"),
     ]
     for k, v in rows:

@@ -10,6 +10,7 @@ every resumed run) computes exactly the same batches and therefore bit-identical
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -200,9 +201,18 @@ class DocumentEncoder:
             pending, n_tokens = [], 0
             return win
 
-        for chunk in _chunks(docs, TOKENIZE_CHUNK):
+        docs = iter(docs)
+        while True:
+            # never read past the next shard boundary before that shard is done: a bad line further
+            # on must not keep the documents before it from being committed
+            n = TOKENIZE_CHUNK
+            if boundary:
+                n = min(n, boundary - row % boundary)
             if stop_row is not None:
-                chunk = chunk[: max(0, stop_row - row)]
+                n = min(n, stop_row - row)
+            chunk = list(itertools.islice(docs, n)) if n > 0 else []
+            if not chunk:
+                break
             ids, cut = self.main.tokenize([self.main.model.format_document(d.title, d.text) for d in chunk])
             for doc, x, c in zip(chunk, ids, cut):
                 if pending and (n_tokens + len(x) > cfg.window_tokens or len(pending) >= cfg.window_docs
@@ -211,21 +221,10 @@ class DocumentEncoder:
                 pending.append((doc, x, c))
                 n_tokens += len(x)
                 row += 1
-            if stop_row is not None and row >= stop_row:
-                break
+            if boundary and row % boundary == 0 and pending:
+                yield flush()
         if pending:
             yield flush()
-
-
-def _chunks(items: Iterable, n: int) -> Iterator[list]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 __all__ = ["DType", "Device", "DocumentEncoder", "EncodedWindow", "EncoderConfig", "resolve_device"]
