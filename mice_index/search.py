@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig, fuse
+from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig
 from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 __all__ = ["Hit", "SearchConfig", "Searcher"]
 
 CANDIDATES = ("bm25", "dense", "hybrid")
+DEFAULT_DEPTH = 100
 RERANKERS = ("mice", "none")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     candidates: Literal["bm25", "dense", "hybrid"] = "hybrid"
-    depth: int = 100  # candidates per query handed to the re-ranker
+    depth: int | None = None  # candidates per query handed to the re-ranker; None: min(100, corpus)
     rerank: Literal["mice", "none"] = "mice"
     hybrid: HybridConfig = HybridConfig()
     scorer: ScorerConfig = ScorerConfig()
@@ -48,7 +49,7 @@ class SearchConfig:
             raise SearchError(f"unknown candidate generator {self.candidates!r}; choose one of {', '.join(CANDIDATES)}")
         if self.rerank not in RERANKERS:
             raise SearchError(f"unknown re-ranker {self.rerank!r}; choose one of {', '.join(RERANKERS)}")
-        if self.depth <= 0:
+        if self.depth is not None and self.depth <= 0:
             raise SearchError(f"--depth must be positive, got {self.depth}")
 
 
@@ -68,10 +69,16 @@ class Searcher:
     def __init__(self, reader, model: MiceModel | None, config: SearchConfig, dense_query_encoder=None):
         self.reader, self.model, self.config = reader, model, config
         n = reader.num_docs
-        if config.depth > n:
+        if config.depth is None:
+            config = replace(config, depth=min(DEFAULT_DEPTH, n))
+        elif config.depth > n:
             raise SearchError(f"--depth {config.depth} is larger than the corpus ({n} documents)")
-        self._bm25 = BM25Index.load(reader.bm25_dir) if config.candidates in ("bm25", "hybrid") else None
-        self._dense = DenseIndex.load(reader.dense_dir)  # also the fallback for BM25-empty queries
+        self.config = config
+        self._bm25 = BM25Index.load(reader.bm25_path) if config.candidates in ("bm25", "hybrid") else None
+        # dense is also the fallback for queries with no BM25 term
+        self._dense = DenseIndex.load(reader.dense_path) if reader.dense_path is not None else None
+        if self._dense is None and config.candidates in ("dense", "hybrid"):
+            raise SearchError(f"--candidates {config.candidates}: this index has no dense vectors")
         self._embed = dense_query_encoder
         self._scorer = MiceScorer(model, reader, config.scorer) if config.rerank == "mice" else None
 
@@ -83,22 +90,28 @@ class Searcher:
 
         reader = IndexReader.open(index_dir)
         if config.rerank == "mice":
-            mice = model if isinstance(model, MiceModel) else load_model(model or reader.manifest.get("model"))
-            if mice.fingerprint() != reader.model_fingerprint:
+            built_with = reader.manifest["model"]
+            mice = model if isinstance(model, MiceModel) else load_model(model or built_with["name"])
+            if mice.fingerprint() != built_with["fingerprint"]:
                 raise IndexError_(
-                    f"{index_dir}: index states were computed by model {reader.model_fingerprint} "
-                    f"({reader.manifest.get('model')}), but the loaded model is {mice.fingerprint()}; "
+                    f"{index_dir}: its states were computed by model {built_with['name']!r} (fingerprint "
+                    f"{built_with['fingerprint']}), but the loaded model's fingerprint is {mice.fingerprint()}; "
                     "MICE scores would be meaningless. Pass the index's model with --model or rebuild the index")
         else:
             mice = None
-        return cls(reader, mice, config, dense_query_encoder=DenseQueryEncoder.for_index(reader))
+        embed = DenseQueryEncoder.for_index(reader) if reader.dense_path is not None else None
+        return cls(reader, mice, config, dense_query_encoder=embed)
 
     # -- first stage --
     def candidates(self, texts: Sequence[str], depth: int) -> Candidates:
-        kind = self.config.candidates
-        bm25 = self._bm25.search(list(texts), depth) if self._bm25 is not None else None
+        kind, n = self.config.candidates, self.reader.num_docs
+        per_list = min(max(depth, self.config.hybrid.depth), n) if kind == "hybrid" else depth
+        bm25 = self._bm25.search(list(texts), per_list) if self._bm25 is not None else None
         if kind == "bm25":
-            empty = ~bm25.found() if hasattr(bm25, "found") else np.zeros(len(texts), bool)
+            empty = ~bm25.found
+            if empty.any() and self._dense is None:
+                raise SearchError("no query term is in the BM25 vocabulary (only stopwords?) and the index "
+                                  "has no dense vectors to fall back on")
             if empty.any():  # e.g. a query of only stopwords: BM25 has nothing; fall back to dense
                 log.warning("%d query(ies) match no BM25 term; using dense candidates for them", int(empty.sum()))
                 dense = self._dense.search(self._embed([t for t, e in zip(texts, empty) if e]), depth)
@@ -106,10 +119,10 @@ class Searcher:
                 rows[empty], scores[empty] = dense.rows, dense.scores
                 return Candidates(rows, scores)
             return bm25
-        dense = self._dense.search(self._embed(list(texts)), depth)
+        dense = self._dense.search(self._embed(list(texts)), per_list)
         if kind == "dense":
             return dense
-        return fuse(bm25, dense, method=self.config.hybrid.method, k=depth)
+        return self.config.hybrid.fuse(bm25, dense, depth)
 
     # -- full pipeline --
     def search(self, query: str, k: int = 10) -> list[Hit]:
@@ -147,8 +160,7 @@ class Searcher:
         for q, rows, scores in zip(queries, cands.rows, cands.scores):
             keep = rows >= 0
             if self.config.remove_query_id:
-                same = self.reader.row_of(q.query_id, default=-1)
-                keep &= rows != same
+                keep &= rows != self._row_or_missing(q.query_id)
             lists.append((rows[keep][:depth], scores[keep][:depth]))
         if self._scorer is not None:
             mice = self._scorer.score([q.text for q in queries], [r for r, _ in lists])
@@ -158,6 +170,12 @@ class Searcher:
             order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), int(rows[j])))[:k]
             out[q.query_id] = [(int(rows[j]), float(scores[j])) for j in order]
         return out
+
+    def _row_or_missing(self, doc_id: str) -> int:
+        try:
+            return self.reader.row_of(doc_id)
+        except IndexError_:
+            return -2  # matches no row (padding is -1)
 
     def _check_k(self, k: int) -> None:
         if k <= 0:
@@ -187,7 +205,7 @@ class DenseQueryEncoder:
         from mice_index.defaults import DEFAULT_BACKBONE
 
         dense = reader.manifest.get("dense") or {}
-        return cls(dense.get("model", DEFAULT_BACKBONE), int(dense.get("fusion_layer", 3)))
+        return cls(dense.get("backbone", DEFAULT_BACKBONE), 3)
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> np.ndarray:

@@ -29,6 +29,7 @@ from mice_index.cli import eval as _eval  # noqa: E402,F401
 from mice_index.cli import build as _build  # noqa: E402,F401
 from mice_index.cli import search as _search  # noqa: E402,F401
 from mice_index.cli import train as _train  # noqa: E402,F401
+from mice_index.cli import merge as _merge  # noqa: E402,F401
 
 
 def main() -> None:
@@ -37,6 +38,7 @@ def main() -> None:
     # Only the CLI configures logging; library modules just log to their module loggers.
     logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)])
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG
     try:
         app()
     except MiceIndexError as exc:

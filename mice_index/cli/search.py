@@ -34,7 +34,8 @@ def search_command(
     k: Annotated[Optional[int], typer.Option("--k", help="Results per query [default: 10 for one query, "
                                              "min(depth, corpus) in batch mode].")] = None,
     candidates: Annotated[str, typer.Option("--candidates", help=f"First stage: {'|'.join(CANDIDATES)}.")] = "hybrid",
-    depth: Annotated[int, typer.Option("--depth", help="Candidates per query re-ranked by MICE.")] = 100,
+    depth: Annotated[Optional[int], typer.Option("--depth", help="Candidates per query re-ranked by MICE "
+                                                 "[default: min(100, corpus size)].")] = None,
     rerank: Annotated[str, typer.Option("--rerank", help=f"Re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
     model: Annotated[Optional[str], typer.Option("--model", help="MICE model [default: the index's model].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto|fp32|bf16 for MICE scoring.")] = "auto",
