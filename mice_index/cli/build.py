@@ -55,8 +55,20 @@ def build_command(
     text_field: Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")] = "text",
     title_field: Annotated[str, typer.Option("--title-field", help="JSONL field holding the title.")] = "title",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (a pool of Ray actors, "
+                                                         "needs mice-index[ray]).")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (default: start a "
+                                                                          "local one).")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers", help="Ray actors (default: one per GPU, "
+                                                                          "else one per CPU).")] = None,
+    num_shards: Annotated[int | None, typer.Option("--num-shards", "--shard-num", help="Static sharding: the "
+                                                   "number of slices (then `mice-index merge`).")] = None,
+    shard_id: Annotated[int | None, typer.Option("--shard-id", help="Static sharding: which slice (0-based) this "
+                                                                    "process builds.")] = None,
 ) -> None:
     """Encode a corpus into a MICE index (states + BM25 + dense). Re-run the same command to resume."""
+    from mice_index.distributed.cli import build_distributed, wants_distributed
+
     config = BuildConfig(
         model=None if model == "default" else model, codec=codec, max_doc_length=max_doc_length,
         batch_tokens=batch_tokens, device=device, dtype=dtype, shard_docs=shard_docs,  # type: ignore[arg-type]
@@ -70,11 +82,15 @@ def build_command(
     )
     with progress:
         task = progress.add_task("encode", total=None)
-        result = build_index(
-            corpus, index, config,
-            progress=lambda n: progress.advance(task, n),
-            total_callback=lambda total: progress.update(task, total=total),
-        )
+        hooks = {"progress": lambda n: progress.advance(task, n),
+                 "total_callback": lambda total: progress.update(task, total=total)}
+        if wants_distributed(engine, num_shards, shard_id):
+            result = build_distributed(corpus, index, config, engine=engine, ray_address=ray_address,
+                                       num_workers=num_workers, num_shards=num_shards, shard_id=shard_id, **hooks)
+        else:
+            result = build_index(corpus, index, config, **hooks)
+    if result is None:  # one static slice: its summary is printed by build_distributed
+        return
     info = result.info
     out = Console()
     rate = result.encoded_docs / result.seconds if result.seconds else 0.0

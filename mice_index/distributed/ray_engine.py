@@ -169,7 +169,12 @@ def _dispatch(ray, actors: list, b: _Builder, done: dict[int, dict], m: dict[str
         for ref in ready:
             i, j = in_flight.pop(ref)
             load[i] -= 1
-            entry = ray.get(ref)  # re-raises the worker's exception (MiceIndexError stays one)
+            try:
+                entry = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(getattr(exc, "cause", None), MiceIndexError):
+                    raise exc.cause from None  # user-facing errors stay one clear line
+                raise
             entries[j] = entry
             encoded += entry["num_docs"]
             m["shards"] = [entries[k] for k in sorted(entries)]
@@ -177,20 +182,25 @@ def _dispatch(ray, actors: list, b: _Builder, done: dict[int, dict], m: dict[str
             if progress:
                 progress(entry["num_docs"])
 
-    for j, start, docs in shard_blocks(b.docs(), S):
-        num_docs = start + len(docs)
-        if j in done:
-            check_same_ids(b.root, done[j], docs, b.corpus)
-            if progress:
-                progress(len(docs))
-            continue
-        while min(load.values()) >= QUEUE_PER_ACTOR:
+    try:
+        for j, start, docs in shard_blocks(b.docs(), S):
+            num_docs = start + len(docs)
+            if j in done:
+                check_same_ids(b.root, done[j], docs, b.corpus)
+                if progress:
+                    progress(len(docs))
+                continue
+            while min(load.values()) >= QUEUE_PER_ACTOR:
+                collect(block=True)
+            i = min(load, key=load.get)
+            in_flight[actors[i].encode.remote(j, start, docs)] = (i, j)
+            load[i] += 1
+            if in_flight:
+                collect(block=False)
+    except MiceIndexError:  # bad input further on: let the shards already sent commit first
+        while in_flight:
             collect(block=True)
-        i = min(load, key=load.get)
-        in_flight[actors[i].encode.remote(j, start, docs)] = (i, j)
-        load[i] += 1
-        if in_flight:
-            collect(block=False)
+        raise
     while in_flight:
         collect(block=True)
     return encoded, num_docs
