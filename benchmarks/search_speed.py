@@ -1,0 +1,124 @@
+"""Search-side speed, measured side by side in one run (ratios matter; these machines are noisy).
+
+1. pairs/s: MICE from stored states (per codec) vs the full cross-encoder of the same backbone on
+   the same (query, candidate) pairs (hybrid top-`depth` of the first `--queries` queries).
+2. end-to-end latency p50/p95 of one query (hybrid top-100 → MICE) on the original corpus and on a
+   corpus `--scale` times larger (documents repeated with new ids).
+
+    python benchmarks/search_speed.py --collection ../shared/datasets/scifact --work out/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mice_index.build import BuildConfig, build_index
+from mice_index.crossencoder import CrossEncoder
+from mice_index.defaults import DEFAULT_BACKBONE, load_model
+from mice_index.scorer import MiceScorer, ScorerConfig
+from mice_index.search import SearchConfig, Searcher
+from mice_index.sources import read_documents, read_queries
+from mice_index.store import IndexReader
+
+
+def ensure_index(corpus, idx: Path, codec: str, model) -> Path:
+    if not (idx / "manifest.json").exists():
+        build_index(corpus, idx, BuildConfig(codec=codec), model=model)
+    return idx
+
+
+def scaled_corpus(folder: Path, out: Path, scale: int) -> Path:
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as f:
+            for rep in range(scale):
+                for d in read_documents(folder):
+                    doc_id = d.doc_id if rep == 0 else f"{d.doc_id}#r{rep}"
+                    f.write(json.dumps({"_id": doc_id, "title": d.title, "text": d.text}) + "\n")
+    return out
+
+
+def pairs_per_second(args, model, queries) -> dict:
+    base = Searcher.open(ensure_index(args.collection, args.work / "fp16", "fp16", model), model=model,
+                         config=SearchConfig(rerank="none", depth=args.depth))
+    cands = [[r for r, _ in base._search_batch([q], args.depth)[q.query_id]] for q in queries]
+    n_pairs = sum(map(len, cands))
+    texts = [[model.format_document(*base.reader.texts([r])[0]) for r in rows] for rows in cands]
+    out = {"pairs": n_pairs}
+    for codec in args.codecs.split(","):
+        reader = IndexReader.open(ensure_index(args.collection, args.work / codec, codec, model))
+        for dtype in ("fp32", "bf16"):
+            scorer = MiceScorer(load_model(args.model), reader, ScorerConfig(dtype=dtype))
+            scorer.score([queries[0].text], [cands[0][:8]])  # warm-up
+            t = time.perf_counter()
+            scorer.score([q.text for q in queries], cands)
+            out[f"mice[{codec},{dtype}]"] = n_pairs / (time.perf_counter() - t)
+    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        ce = CrossEncoder(DEFAULT_BACKBONE, max_length=args.ce_max_length, dtype=torch_dtype)
+        ce.score(queries[0].text, texts[0][:8])
+        t = time.perf_counter()
+        for q, docs in zip(queries, texts):
+            ce.score(q.text, docs, batch_size=32)
+        out[f"cross-encoder[{dtype}]"] = n_pairs / (time.perf_counter() - t)
+    return out
+
+
+def latency(idx: Path, model, queries, depth: int, codec: str) -> dict:
+    searcher = Searcher.open(idx, model=model, config=SearchConfig(candidates="hybrid", depth=depth))
+    searcher.search(queries[0].text, k=10)  # warm-up
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        searcher.search(q.text, k=10)
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return {"docs": searcher.reader.num_docs, "codec": codec, "p50_ms": statistics.median(times),
+            "p95_ms": times[int(0.95 * (len(times) - 1))], "queries": len(times)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--collection", type=Path, default=Path("../shared/datasets/scifact"))
+    p.add_argument("--work", type=Path, default=Path("out/bench"))
+    p.add_argument("--model", default=None)
+    p.add_argument("--codecs", default="fp32,fp16,int8,compact")
+    p.add_argument("--queries", type=int, default=20, help="queries for the pairs/s comparison")
+    p.add_argument("--latency-queries", type=int, default=50)
+    p.add_argument("--depth", type=int, default=100)
+    p.add_argument("--ce-max-length", type=int, default=288, help="32 query + 256 document tokens")
+    p.add_argument("--scale", type=int, default=10)
+    p.add_argument("--latency-collection", type=Path, default=Path("../shared/datasets/cranfield"),
+                   help="collection repeated --scale times for the latency-vs-size comparison")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip", default="", help="comma list of parts to skip: pairs,latency")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    queries = list(read_queries(args.collection))
+    report = {"collection": str(args.collection), "threads": args.threads, "depth": args.depth}
+    if "pairs" not in args.skip:
+        report["pairs_per_s"] = pairs_per_second(args, model, queries[: args.queries])
+        ce = report["pairs_per_s"]["cross-encoder[bf16]"]
+        report["speedup_vs_ce_bf16"] = {k: v / ce for k, v in report["pairs_per_s"].items() if k.startswith("mice")}
+    if "latency" not in args.skip:
+        coll = args.latency_collection
+        lq = list(read_queries(coll))[: args.latency_queries]
+        small = ensure_index(coll, args.work / f"{coll.name}-compact", "compact", model)
+        big_corpus = scaled_corpus(coll, args.work / f"{coll.name}-x{args.scale}" / "corpus.jsonl", args.scale)
+        big = ensure_index(big_corpus, args.work / f"{coll.name}-x{args.scale}-compact", "compact", model)
+        report["latency"] = [latency(small, model, lq, args.depth, "compact"), latency(big, model, lq, args.depth, "compact")]
+        report["latency_ratio_big_vs_small_p50"] = report["latency"][1]["p50_ms"] / report["latency"][0]["p50_ms"]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
