@@ -24,7 +24,7 @@ import numpy as np
 import mice_index
 from mice_index.candidates import BM25Index, DenseConfig, DenseIndexBuilder
 from mice_index.codec import Codec, make_codec, resolve_codec_name
-from mice_index.encoder import DocumentEncoder, EncoderConfig
+from mice_index.encoder import DocumentEncoder, EncoderConfig, resolve_device, resolve_dtype
 from mice_index.errors import IndexError_, MiceIndexError, ModelError
 from mice_index.model import MiceModel
 from mice_index.sources import Document, count_documents, read_documents
@@ -51,7 +51,7 @@ class BuildConfig:
     window_tokens: int = 65536
     shard_docs: int = 8192
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["bf16", "fp32"] = "bf16"
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA / AMX CPUs, else fp32
     dense: DenseMode = "auto"  # auto: dense vectors from the backbone (same pass when possible)
     dense_kind: Literal["flat", "hnsw", "ivf"] = "flat"
     bm25: bool = True
@@ -84,9 +84,11 @@ def _kill_hook(point: str) -> None:
 
 
 def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> dict[str, Any]:
-    keys = ("batch_tokens", "window_docs", "window_tokens", "shard_docs", "dtype", "dense", "fit_tokens",
+    """What decides the stored bytes: a resumed build must use the same (the device may change)."""
+    keys = ("batch_tokens", "window_docs", "window_tokens", "shard_docs", "dense", "fit_tokens",
             "seed", "id_field", "text_field", "title_field")
-    return {"codec": codec_name, "max_doc_length": max_len, **{k: getattr(cfg, k) for k in keys}}
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return {"codec": codec_name, "max_doc_length": max_len, "dtype": dtype, **{k: getattr(cfg, k) for k in keys}}
 
 
 def _load_dense(model: MiceModel, cfg: BuildConfig):
@@ -254,7 +256,7 @@ class _Builder:
         tower, dmodel, dtower, dense_desc = _load_dense(self.model, self.cfg)
         enc_cfg = EncoderConfig(max_doc_length=self.max_len, batch_tokens=self.cfg.batch_tokens,
                                 window_docs=self.cfg.window_docs, window_tokens=self.cfg.window_tokens,
-                                device=self.cfg.device, dtype=self.cfg.dtype)
+                                device=self.cfg.device, dtype=self.settings["dtype"])
         encoder = DocumentEncoder(self.model, enc_cfg, tower, dmodel, dtower)
         if dense_desc is not None:
             dense_desc["dim"] = encoder.dense_dim

@@ -45,8 +45,8 @@ def build_command(
                                                        help="Token limit per document (default: the model's).")] = None,
     batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")] = 8192,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Compute dtype: bf16 or fp32 (states are stored "
-                                                       "through the codec either way).")] = "bf16",
+    dtype: Annotated[str, typer.Option("--dtype", help="Compute dtype: auto (bf16 on CUDA and AMX CPUs, else "
+                                                       "fp32), bf16 or fp32.")] = "auto",
     shard_docs: Annotated[int, typer.Option("--shard-docs", help="Documents per build shard (resume unit).")] = 8192,
     dense: Annotated[str, typer.Option("--dense", help="auto (backbone sentence embeddings) or none.")] = "auto",
     dense_kind: Annotated[str, typer.Option("--dense-kind", help="faiss index: flat, hnsw or ivf.")] = "flat",

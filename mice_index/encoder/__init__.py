@@ -26,7 +26,7 @@ from mice_index.sources import Document
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
-DType = Literal["bf16", "fp32"]
+DType = Literal["auto", "bf16", "fp32"]
 TOKENIZE_CHUNK = 256  # documents tokenised per tokenizer call (result is chunking-independent)
 
 
@@ -37,7 +37,7 @@ class EncoderConfig:
     window_docs: int = 1024  # documents sorted together (bounded memory)
     window_tokens: int = 65536  # ... and at most this many real tokens per window
     device: Device = "auto"
-    dtype: DType = "bf16"  # compute dtype; stored states are always float32 before the codec
+    dtype: DType = "auto"  # compute dtype (see resolve_dtype); states are float32 before the codec
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_docs", "window_tokens"):
@@ -47,8 +47,8 @@ class EncoderConfig:
             raise MiceIndexError(f"--max-doc-length must be >= 3, got {self.max_doc_length}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MiceIndexError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.dtype not in ("bf16", "fp32"):
-            raise MiceIndexError(f"--dtype must be bf16 or fp32, got {self.dtype!r}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise MiceIndexError(f"--dtype must be auto, bf16 or fp32, got {self.dtype!r}")
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -57,6 +57,22 @@ def resolve_device(device: Device) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise MiceIndexError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(device)
+
+
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return "amx_bf16" in fh.read()
+    except OSError:
+        return False
+
+
+def resolve_dtype(dtype: DType, device: torch.device) -> Literal["bf16", "fp32"]:
+    """auto: bf16 autocast on CUDA and on CPUs with AMX tiles; fp32 elsewhere. On a CPU with only
+    AVX512-BF16 (no AMX) bf16 autocast measured ~1.4x *slower* than fp32 (BENCHMARKS.md)."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if device.type == "cuda" or cpu_has_amx() else "fp32"
 
 
 @dataclass
@@ -106,7 +122,8 @@ class DocumentEncoder:
                  dense_model: MiceModel | None = None, dense_tower: DenseTower | None = None):
         self.config = config
         self.device = resolve_device(config.device)
-        self.autocast = config.dtype == "bf16"
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.autocast = self.dtype == "bf16"
         model = model.to(self.device).eval()
         tower = tower.to(self.device).eval() if tower is not None else None
         self.main = _Pass(model, tower, config.max_doc_length, self.device)
@@ -227,4 +244,4 @@ class DocumentEncoder:
             yield flush()
 
 
-__all__ = ["DType", "Device", "DocumentEncoder", "EncodedWindow", "EncoderConfig", "resolve_device"]
+__all__ = ["DType", "Device", "DocumentEncoder", "EncodedWindow", "EncoderConfig", "resolve_device", "resolve_dtype"]
