@@ -216,3 +216,19 @@ def test_ray_failed_shard_then_resume(tmp_path, corpus, tiny_model, reference, r
     result = build_index_ray(corpus, index, CFG, model=tiny_model, num_workers=2)
     assert result.encoded_docs == N_DOCS - done  # committed shards were skipped
     assert_same_index(reference, index)
+
+
+def test_ray_worker_plan_fits_the_cluster():
+    from types import SimpleNamespace
+
+    from mice_index.distributed.ray_engine import _plan
+
+    def fake(**res):
+        return SimpleNamespace(cluster_resources=lambda: res)
+
+    assert _plan(fake(CPU=2.0), CFG, None) == (2, {"num_cpus": 1}, 1)
+    assert _plan(fake(CPU=2.0), CFG, 1) == (1, {"num_cpus": 2}, 2)
+    assert _plan(fake(CPU=2.0), CFG, 4) == (4, {"num_cpus": 0.5}, 1)  # all four schedulable
+    assert _plan(fake(CPU=16.0, GPU=2.0), CFG, None) == (2, {"num_gpus": 1, "num_cpus": 1}, 8)
+    with pytest.raises(MiceIndexError, match="no GPUs"):
+        _plan(fake(CPU=2.0), BuildConfig(device="cuda"), None)

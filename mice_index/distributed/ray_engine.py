@@ -88,14 +88,15 @@ def _plan(ray, cfg: BuildConfig, num_workers: int | None) -> tuple[int, dict[str
     """(number of actors, actor resources, torch threads per actor) from the cluster's resources."""
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
+    # more workers than GPUs / CPUs: fractional shares, so that every actor can be scheduled
     if gpus and cfg.device != "cpu":
         n = num_workers or gpus
-        return n, {"num_gpus": 1, "num_cpus": 1}, max(1, cpus // n)
+        return n, {"num_gpus": 1 if n <= gpus else gpus / n, "num_cpus": min(1, cpus / n)}, max(1, cpus // n)
     if cfg.device == "cuda":
         raise MiceIndexError("--device cuda: the Ray cluster has no GPUs")
     n = num_workers or cpus
-    per = max(1, cpus // n)
-    return n, {"num_cpus": per}, per
+    per = cpus // n if n <= cpus else cpus / n
+    return n, {"num_cpus": per}, max(1, int(per))
 
 
 def build_index_ray(corpus, index, config: BuildConfig = BuildConfig(), *, model: MiceModel | None = None,
