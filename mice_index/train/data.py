@@ -111,10 +111,10 @@ def _pick_list(rows: np.ndarray, scores: np.ndarray, positive: int | None, size:
 
 
 def _mine_and_label(cfg: TrainConfig, corpus: Corpus, queries: list[str], positives: list[int | None],
-                    kinds: list[str], model, tower, cross, ci: int, dev_mask: list[bool]) -> tuple[list, list]:
+                    kinds: list[str], dense, cross, ci: int, dev_mask: list[bool]) -> tuple[list, list]:
     d = cfg.data
     teacher = T.HybridTeacher(corpus.texts, corpus.states.dense, depth=min(d.depth, len(corpus.doc_ids)))
-    emb = T.dense_query_embeddings(model, tower, queries)
+    emb = T.dense_query_embeddings(*dense, queries)
     _, _, fused = teacher.mine(queries, emb)
     train, dev = [], []
     for qi, (query, pos) in enumerate(zip(queries, positives)):
@@ -170,9 +170,10 @@ def _split(ids: list[str], fraction: float, seed: int) -> list[bool]:
     return [(_seed(seed, q, "dev") % 10_000) < fraction * 10_000 for q in ids]
 
 
-def build_training_set(cfg: TrainConfig, model, tower, attach_states) -> TrainingSet:
-    """Build the examples of the configured route. `attach_states(corpus)` sets corpus.states
-    (bottom states + dense embeddings), needed for mining before labelling."""
+def build_training_set(cfg: TrainConfig, model, dense, attach_states) -> TrainingSet:
+    """Build the examples of the configured route. `dense` = (bottom model, DenseTower) giving
+    all-MiniLM-L6-v2 query embeddings; `attach_states(corpus)` sets corpus.states (bottom states +
+    dense document embeddings), needed for mining before labelling."""
     d, t = cfg.data, cfg.teacher
     if not d.corpora:
         raise EmptyTrainingSetError("no corpora given (data.corpora / --corpus)")
@@ -192,7 +193,7 @@ def build_training_set(cfg: TrainConfig, model, tower, attach_states) -> Trainin
             dev_mask = _split([q.query_id for q in qs], d.dev_fraction, cfg.train.seed)
         else:
             texts, pos, kinds, dev_mask = pseudo_queries(cfg, corpus)
-        a, b = _mine_and_label(cfg, corpus, texts, pos, kinds, model, tower, cross, len(corpora), dev_mask)
+        a, b = _mine_and_label(cfg, corpus, texts, pos, kinds, dense, cross, len(corpora), dev_mask)
         log.info("%s: %d training, %d dev queries", corpus.name, len(a), len(b))
         corpora.append(corpus)
         train += a

@@ -27,6 +27,7 @@ import torch
 from mice_index.errors import ModelError
 from mice_index.model import CONFIG_NAME, DenseTower, MiceModel, pad_states
 from mice_index.train.config import TrainConfig
+from mice_index.train.fastscore import interaction_scores
 from mice_index.train.data import Corpus, Example, TrainingSet, _seed, build_training_set
 from mice_index.train.loss import compute_loss
 from mice_index.train.states import encode_corpus, load_or_encode
@@ -122,7 +123,7 @@ class Trainer:
                     corpus.states.dense = st.dense
             self._say(f"{corpus.name}: {len(corpus.doc_ids)} documents ready ({time.time() - t0:.0f}s)")
 
-        data = build_training_set(cfg, model, tower, attach)
+        data = build_training_set(cfg, model, (dense_model, tower), attach)
         self._say(data.summary())
         return model, data
 
@@ -148,7 +149,7 @@ class Trainer:
         else:
             ids, d_mask = model.tokenize([data.corpora[c].texts[r] for c, r in pairs], model.config.max_doc_length)
             docs = model.encode_document_batch(ids, d_mask)
-        s = model.score_states(q.repeat_interleave(L, 0), q_mask.repeat_interleave(L, 0), docs, d_mask)
+        s = interaction_scores(model, q.repeat_interleave(L, 0), q_mask.repeat_interleave(L, 0), docs, d_mask)
         mask = torch.tensor([[j < len(e.rows) for j in range(L)] for e in batch])
         return s.view(len(batch), L), mask
 
@@ -292,7 +293,7 @@ class Trainer:
                     loss = compute_loss(o.loss, s.float(), self.teacher_scores(batch), mask,
                                         cfg.teacher.temperature) / o.grad_accum
                     loss.backward()
-                    total += float(loss)
+                    total += float(loss.detach())
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], o.max_grad_norm)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -313,6 +314,8 @@ class Trainer:
         if step >= o.steps:
             delta = cfg.model.freeze_bottom and bool(model.config.base_model)
             model.save(model_dir, delta=delta)
+            if delta:
+                drop_tokenizer_files(model_dir)
             (self.out / "history.json").write_text(json.dumps(history, indent=1))
         return TrainResult(model_dir, step, time.time() - t0, history[-1] if history else {}, history)
 
@@ -327,6 +330,14 @@ class Trainer:
                        TimeRemainingColumn(), console=self.console)
         bar.start()
         return bar
+
+
+def drop_tokenizer_files(folder: Path) -> None:
+    """A delta checkpoint loads the base model's tokenizer. The saved copy would carry the
+    truncation state left by tokenizer calls, which changes the model fingerprint and so would make
+    the stored states of an index built with the backbone look foreign."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
 
 
 def train(cfg: TrainConfig, progress: bool = False, console=None) -> TrainResult:
