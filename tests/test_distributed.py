@@ -8,6 +8,7 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,15 @@ def test_engine_ray_without_ray_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(MiceIndexError, match=r"pip install mice-index\[ray\]"):
         require_ray()
+    from typer.testing import CliRunner
+
+    from mice_index.cli import app
+
+    sample = str(Path(__file__).parent.parent / "mice_index" / "data" / "sample")
+    run = CliRunner().invoke(app, ["build", "--corpus", sample, "--index", "/nonexistent/idx", "--engine", "ray"])
+    assert isinstance(run.exception, MiceIndexError) and "pip install mice-index[ray]" in str(run.exception)
+    run = CliRunner().invoke(app, ["build", "--corpus", sample, "--index", "/nonexistent/idx", "--engine", "spark"])
+    assert "--engine must be one of local, ray" in str(run.exception)
 
 
 # ---------------------------------------------------------------- Ray engine (local 2-CPU cluster)

@@ -79,6 +79,8 @@ def _start_ray(ray, address: str | None, num_workers: int | None) -> bool:
                               "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
+    elif os.environ.get("RAY_ADDRESS"):  # Ray's own way of naming the cluster to join
+        ray.init(**kwargs)
     else:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
@@ -134,7 +136,7 @@ def build_index_ray(corpus, index, config: BuildConfig = BuildConfig(), *, model
         n, resources, threads = _plan(ray, config, num_workers)
         remote_cls = ray.remote(ShardEncoderActor).options(max_restarts=max_retries, max_task_retries=max_retries,
                                                             **resources)
-        model_ref = ray.put(b.model)
+        model_ref = ray.put(b.model.cpu())  # CPU tensors: workers move it to their own device
         params_ref = ray.put(codec.to_params())
         fault = os.environ.get(FAULT_ENV)
         actors = [remote_cls.remote(model_ref, config, str(root), params_ref, threads, fault) for _ in range(n)]
