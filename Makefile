@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test,ray]" "$(TORCH_SPEC)"
 	touch $@
 
 setup: $(VENV)/.installed
