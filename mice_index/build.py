@@ -55,7 +55,7 @@ class BuildConfig:
     dense: DenseMode = "auto"  # auto: dense vectors from the backbone (same pass when possible)
     dense_kind: Literal["flat", "hnsw", "ivf"] = "flat"
     bm25: bool = True
-    fit_tokens: int = 65536  # codec training sample: the first tokens of the first shard
+    fit_tokens: int = 100_000  # codec training sample: the first tokens of the first shard (>= 39 x 2048)
     seed: int = 0
     overwrite: bool = False
     id_field: str = "_id"
@@ -357,12 +357,10 @@ def build_index(
     import time
 
     t0 = time.perf_counter()
+    total = count_documents(corpus)  # also fails fast (before loading the model) on a missing corpus
     builder = _Builder(corpus, Path(index), config, model, progress)
     if total_callback is not None:
-        try:
-            total_callback(count_documents(corpus))
-        except MiceIndexError:
-            total_callback(None)
+        total_callback(total)
     encoded = builder.run()
     return BuildResult(Path(index), index_info(index), encoded, time.perf_counter() - t0)
 

@@ -238,3 +238,9 @@ def test_dense_second_pass_for_other_bottoms(tmp_path, mice_dir, minilm):
         ids, mask = backbone.tokenize([backbone.format_document(docs[1]["title"], docs[1]["text"])], 256)
         ref = tower(backbone.encode_document_batch(ids, mask), mask)[0].numpy()
     np.testing.assert_allclose(vecs[1], ref, atol=1e-5)
+
+
+def test_missing_corpus_fails_before_model_load(tmp_path):
+    with pytest.raises(SourceError, match="nope.jsonl: corpus file or folder not found"):
+        build_index(tmp_path / "nope.jsonl", tmp_path / "idx", BuildConfig(model=str(tmp_path / "no-model")))
+    assert not (tmp_path / "idx").exists()
