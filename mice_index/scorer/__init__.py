@@ -19,9 +19,10 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from mice_index.encoder import resolve_device, resolve_dtype
 from mice_index.model import MiceModel
 
-__all__ = ["MiceScorer", "ScorerConfig", "StateReader", "resolve_device", "resolve_dtype"]
+__all__ = ["MiceScorer", "ScorerConfig", "StateReader"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -34,34 +35,9 @@ class StateReader(Protocol):
 class ScorerConfig:
     batch_tokens: int = 16_384  # padded document tokens per forward pass
     pairs_per_group: int = 512  # (query, document) pairs read ahead as one unit
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA and on CPUs with AMX
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA and on CPUs with AMX tiles
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = 2  # groups decoded ahead of compute
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from mice_index.errors import MiceIndexError
-
-        raise MiceIndexError("--device cuda: CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        fast_bf16 = device.type == "cuda" or torch.backends.mkldnn.is_available() and _cpu_has_amx()
-        return torch.bfloat16 if fast_bf16 else torch.float32
-    return DTYPES[name]
-
-
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False
 
 
 @dataclass
@@ -77,7 +53,7 @@ class MiceScorer:
     def __init__(self, model: MiceModel, reader: StateReader, config: ScorerConfig = ScorerConfig()):
         self.config = config
         self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.dtype = DTYPES[resolve_dtype(config.dtype, self.device)]
         self.model = model.to(self.device, self.dtype).eval()
         self.reader = reader
 
