@@ -236,9 +236,13 @@ class Interaction(nn.Module):
         # q [B,Tq,D] layer-ℓ* query states; docs [B,Td,D] layer-ℓ* document states -> [B]
         self_mask, cross_mask = query_self_mask(q_mask, q.dtype), key_padding_mask(d_mask, q.dtype)
         docs = docs.to(q.dtype)
-        for layer in self.layers:
+        *layers, last = self.layers
+        for layer in layers:
             q = layer(q, self_mask, docs, cross_mask)
-        cls = q[:, 0]
+        # In the last layer only the [CLS] row reaches the score, and the [CLS] skips cross-attention:
+        # that layer's cross-attention and query-token rows are dead computation (exactly equal to
+        # running `last` in full; tests/test_model.py checks it), so only the [CLS] row is computed.
+        cls = last.ffn(last.self_attn(q[:, :1], q, self_mask[:, :, :1, :]))[:, 0]
         if self.pooler is not None:
             cls = torch.tanh(self.pooler(cls))
         return self.head(self.dropout(cls)).squeeze(-1)

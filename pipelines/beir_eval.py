@@ -31,8 +31,17 @@ def system_name(candidates: str, rerank: str) -> str:
     return candidates if rerank == "none" else f"{candidates}→MICE"
 
 
+def parse_systems(text: str) -> list[tuple[str, str]]:
+    """"bm25,hybrid,hybrid>mice" -> [("bm25", "none"), ("hybrid", "none"), ("hybrid", "mice")]."""
+    out = []
+    for item in text.split(","):
+        cand, _, rerank = item.strip().partition(">")
+        out.append((cand, rerank or "none"))
+    return out
+
+
 def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec: str, depth: int,
-                        dtype: str, log=print) -> dict[str, dict[str, float]]:
+                        dtype: str, systems=SYSTEMS, log=print) -> dict[str, dict[str, float]]:
     idx = work / "indexes" / f"{folder.name}-{codec}"
     model = load_model(model_name)
     info = index_info(idx) if (idx / "manifest.json").exists() else {}
@@ -42,7 +51,7 @@ def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec:
         log(f"[{folder.name}] built {idx} in {time.perf_counter() - t:.1f}s")
     queries = list(read_queries(folder))
     results = {}
-    for candidates, rerank in SYSTEMS:
+    for candidates, rerank in systems:
         t = time.perf_counter()
         cfg = SearchConfig(candidates=candidates, rerank=rerank, depth=depth, scorer=ScorerConfig(dtype=dtype))
         searcher = Searcher.open(idx, model=model, config=cfg)
@@ -79,6 +88,8 @@ def main() -> None:
     p.add_argument("--codec", default="fp16")
     p.add_argument("--depth", type=int, default=100)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--systems", default="bm25,dense,hybrid,bm25>mice,dense>mice,hybrid>mice",
+                   help="comma list of CANDIDATES or CANDIDATES>mice")
     p.add_argument("--work", type=Path, default=Path("out/beir"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -87,7 +98,7 @@ def main() -> None:
     table = {}
     for name in args.collections.split(","):
         table[name] = evaluate_collection(args.datasets / name, args.work, args.model, args.codec, args.depth,
-                                          args.dtype)
+                                          args.dtype, parse_systems(args.systems))
     out = args.out or args.work
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(table)

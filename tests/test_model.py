@@ -203,3 +203,18 @@ def test_full_cross_encoder_scores_pairs(tmp_path, minilm_dir):
     torch.save({}, tmp_path / "ce" / "pytorch_model.bin")
     with pytest.raises(ModelError, match="pickle"):
         CrossEncoder(tmp_path / "ce")
+
+
+@torch.no_grad()
+def test_last_layer_shortcut_equals_full_layer(minilm):
+    """Interaction.forward computes only the [CLS] row of the last layer: same scores as in full."""
+    q, q_mask = minilm.encode_queries(["why is sourdough sour"] * 3)
+    d, d_mask = pad_states(minilm.encode_documents(SENTENCES[:3]))
+    inter = minilm.interaction
+    self_mask = query_self_mask(q_mask, q.dtype)
+    cross_mask = torch.zeros(d_mask.shape).masked_fill(d_mask == 0, torch.finfo(torch.float32).min)[:, None, None]
+    x = q
+    for layer in inter.layers:
+        x = layer(x, self_mask, d, cross_mask)
+    full = inter.head(torch.tanh(inter.pooler(x[:, 0]))).squeeze(-1)
+    assert torch.allclose(inter(q, q_mask, d, d_mask), full, atol=1e-6)
