@@ -256,7 +256,7 @@ def test_hybrid_pseudo_route_and_delta_checkpoint(route, tmp_path):
     cfg = route(data={"corpora": (str(corpus),), "queries": None, "max_queries_per_corpus": 12,
                       "dev_queries_per_corpus": 3, "depth": 10, "dev_candidates": 5},
                 teacher={"kind": "hybrid", "path": None, "positive_bonus": 1.0},
-                train={"steps": 2, "eval_every": 1})
+                train={"steps": 2, "eval_every": 1}, model={"save_dtype": "fp16"})
     trainer = Trainer(cfg)
     model, data = trainer.prepare()
     train_sources = {next(iter(e.relevant)) for e in data.train}
@@ -267,6 +267,7 @@ def test_hybrid_pseudo_route_and_delta_checkpoint(route, tmp_path):
     assert {"pair_agreement", "nDCG@10", "teacher_nDCG@10"} <= set(res.dev)
     saved = load_file(str(res.model_dir / "model.safetensors"))
     assert saved and not any(k.startswith("bottom.") for k in saved)  # delta: bottom from base model
+    assert all(v.dtype == torch.float16 for v in saved.values())
     assert not (res.model_dir / "tokenizer.json").exists()
     fresh = MiceModel.from_pretrained(cfg.model.init, fusion_layer=2, num_interaction_layers=2)
     assert MiceModel.load(res.model_dir).fingerprint() == fresh.fingerprint()

@@ -33,6 +33,7 @@ class ModelSpec:
     max_query_length: int = 32
     max_doc_length: int = 256
     base_model: str | None = None  # recorded for delta checkpoints; default: `init` when it is an HF model
+    save_dtype: Literal["fp32", "fp16"] = "fp32"  # weights of the final model file (fp16 halves a shipped model)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class TrainConfig:
             (t.format in TeacherFormat.__args__, f"teacher.format must be one of {TeacherFormat.__args__}"),
             (t.kind == "hybrid" or t.path, f"teacher.kind={t.kind!r} needs teacher.path"),
             (t.temperature > 0, "teacher.temperature must be > 0"),
+            (self.model.save_dtype in ("fp32", "fp16"), "model.save_dtype must be 'fp32' or 'fp16'"),
             (d.list_size >= 2, "data.list_size must be >= 2"),
             (0 <= d.hard_negatives < d.list_size, "data.hard_negatives must be in 0..list_size-1"),
             (d.depth >= d.list_size and d.depth >= d.dev_candidates, "data.depth must be >= list_size and dev_candidates"),

@@ -316,6 +316,8 @@ class Trainer:
             model.save(model_dir, delta=delta)
             if delta:
                 drop_tokenizer_files(model_dir)
+            if cfg.model.save_dtype == "fp16":
+                cast_weights(model_dir / "model.safetensors", torch.float16)
             (self.out / "history.json").write_text(json.dumps(history, indent=1))
         return TrainResult(model_dir, step, time.time() - t0, history[-1] if history else {}, history)
 
@@ -330,6 +332,14 @@ class Trainer:
                        TimeRemainingColumn(), console=self.console)
         bar.start()
         return bar
+
+
+def cast_weights(path: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with floating tensors in `dtype` (loading casts back to fp32)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(weights, str(path))
 
 
 def drop_tokenizer_files(folder: Path) -> None:
