@@ -50,6 +50,7 @@ def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec:
         build_index(folder, idx, BuildConfig(model=model_name, codec=codec), model=model)
         log(f"[{folder.name}] built {idx} in {time.perf_counter() - t:.1f}s")
     queries = list(read_queries(folder))
+    depth = min(depth, index_info(idx)["num_docs"])  # adi has 82 documents
     results = {}
     for candidates, rerank in systems:
         t = time.perf_counter()
