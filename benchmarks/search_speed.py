@@ -5,7 +5,7 @@
 2. end-to-end latency p50/p95 of one query (hybrid top-100 → MICE) on the original corpus and on a
    corpus `--scale` times larger (documents repeated with new ids).
 
-    python benchmarks/search_speed.py --collection ../shared/datasets/scifact --work out/bench
+    python benchmarks/search_speed.py --collection ../shared/datasets/scifact --work out/beir/indexes
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mice_index.store import IndexReader
 
 
 def ensure_index(corpus, idx: Path, codec: str, model) -> Path:
+    """Reuses INDEX_ROOT/<collection>-<codec> (the naming of pipelines/beir_eval.py) when complete."""
     if not (idx / "manifest.json").exists():
         build_index(corpus, idx, BuildConfig(codec=codec), model=model)
     return idx
@@ -46,14 +47,15 @@ def scaled_corpus(folder: Path, out: Path, scale: int) -> Path:
 
 
 def pairs_per_second(args, model, queries) -> dict:
-    base = Searcher.open(ensure_index(args.collection, args.work / "fp16", "fp16", model), model=model,
+    name = args.collection.name
+    base = Searcher.open(ensure_index(args.collection, args.work / f"{name}-fp16", "fp16", model), model=model,
                          config=SearchConfig(rerank="none", depth=args.depth))
     cands = [[r for r, _ in base._search_batch([q], args.depth)[q.query_id]] for q in queries]
     n_pairs = sum(map(len, cands))
     texts = [[model.format_document(*base.reader.texts([r])[0]) for r in rows] for rows in cands]
     out = {"pairs": n_pairs}
     for codec in args.codecs.split(","):
-        reader = IndexReader.open(ensure_index(args.collection, args.work / codec, codec, model))
+        reader = IndexReader.open(ensure_index(args.collection, args.work / f"{name}-{codec}", codec, model))
         for dtype in ("fp32", "bf16"):
             scorer = MiceScorer(load_model(args.model), reader, ScorerConfig(dtype=dtype))
             scorer.score([queries[0].text], [cands[0][:8]])  # warm-up
@@ -86,9 +88,9 @@ def latency(idx: Path, model, queries, depth: int, codec: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collection", type=Path, default=Path("../shared/datasets/scifact"))
-    p.add_argument("--work", type=Path, default=Path("out/bench"))
+    p.add_argument("--work", type=Path, default=Path("out/beir/indexes"), help="index root (shared with beir_eval)")
     p.add_argument("--model", default=None)
-    p.add_argument("--codecs", default="fp32,fp16,int8,compact")
+    p.add_argument("--codecs", default="fp16,compact")
     p.add_argument("--queries", type=int, default=20, help="queries for the pairs/s comparison")
     p.add_argument("--latency-queries", type=int, default=50)
     p.add_argument("--depth", type=int, default=100)
@@ -112,10 +114,10 @@ def main() -> None:
     if "latency" not in args.skip:
         coll = args.latency_collection
         lq = list(read_queries(coll))[: args.latency_queries]
-        small = ensure_index(coll, args.work / f"{coll.name}-compact", "compact", model)
+        small = ensure_index(coll, args.work / f"{coll.name}-fp16", "fp16", model)
         big_corpus = scaled_corpus(coll, args.work / f"{coll.name}-x{args.scale}" / "corpus.jsonl", args.scale)
-        big = ensure_index(big_corpus, args.work / f"{coll.name}-x{args.scale}-compact", "compact", model)
-        report["latency"] = [latency(small, model, lq, args.depth, "compact"), latency(big, model, lq, args.depth, "compact")]
+        big = ensure_index(big_corpus, args.work / f"{coll.name}-x{args.scale}-fp16", "fp16", model)
+        report["latency"] = [latency(small, model, lq, args.depth, "fp16"), latency(big, model, lq, args.depth, "fp16")]
         report["latency_ratio_big_vs_small_p50"] = report["latency"][1]["p50_ms"] / report["latency"][0]["p50_ms"]
     print(json.dumps(report, indent=2))
 
