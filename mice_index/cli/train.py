@@ -28,7 +28,7 @@ def train_command(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value; repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
-    """Train a MICE model by distillation (defaults: configs/minilm-l6.toml's recipe)."""
+    """Train a MICE model by distillation (recipe of the default model: configs/minilm-l6.toml)."""
     from mice_index.train import Trainer, load_config
 
     overrides = list(set_ or [])
