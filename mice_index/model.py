@@ -325,7 +325,11 @@ class MiceModel(nn.Module):
             h.update(json.dumps({"family": self.config.family, "fusion_layer": self.config.fusion_layer,
                                  "doc_token_type": self.config.doc_token_type}).encode())
             if self.tokenizer is not None:
-                h.update(self.tokenizer.backend_tokenizer.to_str().encode())
+                # vocabulary and rules only: a fast tokenizer records the truncation/padding of its
+                # last call in its state, which must not change the fingerprint
+                spec = json.loads(self.tokenizer.backend_tokenizer.to_str())
+                spec.pop("truncation", None), spec.pop("padding", None)
+                h.update(json.dumps(spec, sort_keys=True).encode())
             for name, t in sorted(self.bottom.state_dict().items()):
                 h.update(name.encode())
                 h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

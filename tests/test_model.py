@@ -218,3 +218,13 @@ def test_last_layer_shortcut_equals_full_layer(minilm):
         x = layer(x, self_mask, d, cross_mask)
     full = inter.head(torch.tanh(inter.pooler(x[:, 0]))).squeeze(-1)
     assert torch.allclose(inter(q, q_mask, d, d_mask), full, atol=1e-6)
+
+
+def test_fingerprint_ignores_tokenizer_call_state(tmp_path, tiny_bert_dir):
+    fresh = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=2, num_interaction_layers=2)
+    used = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=2, num_interaction_layers=2)
+    used.encode_documents(SENTENCES)  # the fast tokenizer now records truncation/padding settings
+    assert used.fingerprint() == fresh.fingerprint()
+    assert MiceModel.load(used.save(tmp_path / "saved")).fingerprint() == fresh.fingerprint()
+    other = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=1, num_interaction_layers=1)
+    assert other.fingerprint() != fresh.fingerprint()  # a different ℓ* means different states
