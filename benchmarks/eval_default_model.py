@@ -79,7 +79,7 @@ def score_with_kv(model, q, q_mask, kv, d_mask):
         ctx = F.scaled_dot_product_attention(a._heads(a.query(q)), K, V, attn_mask=cross_mask)
         crossed = a.norm(q + a.out(ctx.transpose(1, 2).reshape(q.shape)))
         q = layer.ffn(torch.where(is_token.bool(), crossed, q))
-    # last layer: only the [CLS] row reaches the score (see mice_index/train/fastscore.py)
+    # last layer: only the [CLS] row reaches the score (as in mice_index.model.Interaction.forward)
     cls = last.ffn(last.self_attn(q[:, :1], q, self_mask[:, :, :1, :]))[:, 0]
     if inter.pooler is not None:
         cls = torch.tanh(inter.pooler(cls))

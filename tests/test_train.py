@@ -312,15 +312,3 @@ threads = 1
     assert (tmp_path / "cli-out" / "model" / "model.safetensors").exists()
     bad = CliRunner().invoke(app, ["train", "--config", str(cfg), "--set", "train.loss=mse"])
     assert bad.exit_code != 0 and isinstance(bad.exception, MiceIndexError)
-
-
-def test_fast_interaction_equals_model_forward(tiny_bert_dir):
-    from mice_index.model import MiceModel, pad_states
-    from mice_index.train.fastscore import interaction_scores
-
-    model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=1, num_interaction_layers=3)
-    q, q_mask = model.encode_queries(["alpha beta gamma", "ocean"])
-    docs, d_mask = pad_states(model.encode_documents(["alpha beta river", "reef reef ocean tundra canyon"]))
-    with torch.no_grad():
-        torch.testing.assert_close(interaction_scores(model, q, q_mask, docs, d_mask),
-                                   model.score_states(q, q_mask, docs, d_mask), rtol=1e-5, atol=1e-6)

@@ -27,7 +27,6 @@ import torch
 from mice_index.errors import ModelError
 from mice_index.model import CONFIG_NAME, DenseTower, MiceModel, pad_states
 from mice_index.train.config import TrainConfig
-from mice_index.train.fastscore import interaction_scores
 from mice_index.train.data import Corpus, Example, TrainingSet, _seed, build_training_set
 from mice_index.train.loss import compute_loss
 from mice_index.train.states import encode_corpus, load_or_encode
@@ -149,7 +148,7 @@ class Trainer:
         else:
             ids, d_mask = model.tokenize([data.corpora[c].texts[r] for c, r in pairs], model.config.max_doc_length)
             docs = model.encode_document_batch(ids, d_mask)
-        s = interaction_scores(model, q.repeat_interleave(L, 0), q_mask.repeat_interleave(L, 0), docs, d_mask)
+        s = model.interaction(q.repeat_interleave(L, 0), q_mask.repeat_interleave(L, 0), docs, d_mask)
         mask = torch.tensor([[j < len(e.rows) for j in range(L)] for e in batch])
         return s.view(len(batch), L), mask
 
