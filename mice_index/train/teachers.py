@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,7 @@ import torch
 
 from mice_index.candidates import BM25Index, Candidates, DenseIndex, fuse
 from mice_index.errors import SourceError
+from mice_index.sources._files import iter_lines, parse_json_object
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,7 @@ def _float(text: str, path: Path, lineno: int, what: str) -> float:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise TeacherFileError(f"{path}: teacher-scores file not found")
-    opener = __import__("gzip").open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, line.rstrip("\n")
+    return iter_lines(path)  # strict UTF-8, .gz, errors naming file:line
 
 
 def read_msmarco_triplets(path: str | Path) -> Iterator[tuple[int, TeacherTriplet]]:
@@ -77,12 +73,7 @@ def read_jsonl_scores(path: str | Path) -> Iterator[tuple[int, str, str, float]]
     """(line number, query id, doc id, score) from a JSONL teacher-scores file."""
     path = Path(path)
     for lineno, line in _lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TeacherFileError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise TeacherFileError(f"{path}:{lineno}: expected a JSON object")
+        obj = parse_json_object(path, lineno, line)
         for key in ("query_id", "doc_id", "score"):
             if key not in obj:
                 raise TeacherFileError(f"{path}:{lineno}: missing field {key!r}")
