@@ -1,0 +1,161 @@
+"""PyTerrier transformers over a mice-index index (optional extra: `pip install "mice-index[pyterrier]"`).
+
+    from mice_index.pyterrier import MiceReranker, MiceRetriever
+
+    mice = MiceRetriever("idx/", k=100, candidates="hybrid")      # queries -> ranked results
+    results = mice.transform(pt.new.queries(["how do bees make honey"]))
+    pipeline = bm25 >> MiceReranker("idx/")                        # any first stage -> MICE scores
+
+Both are thin shells over `mice_index.search.Searcher` and `mice_index.scorer.MiceScorer`: the
+retriever returns what `Searcher.search_many` returns, the re-ranker scores the incoming (qid,
+docno) pairs from the index's stored states. Ranks start at 0, as everywhere in PyTerrier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+try:
+    import pyterrier as pt
+except ImportError as e:
+    raise ImportError('mice_index.pyterrier needs PyTerrier (>= 1.0): pip install "mice-index[pyterrier]"') from e
+
+from mice_index.errors import IndexError_, SearchError
+from mice_index.model import MiceModel
+from mice_index.scorer import MiceScorer, ScorerConfig
+from mice_index.search import SearchConfig, Searcher
+from mice_index.sources import Query
+
+__all__ = ["FrameError", "MiceReranker", "MiceRetriever"]
+
+RESULT_COLUMNS = ["qid", "query", "docno", "score", "rank"]
+
+
+class FrameError(SearchError, pt.validate.InputValidationError):
+    """An input frame lacks columns a transformer needs: a mice-index SearchError that PyTerrier's
+    pipeline inspection also recognises as its InputValidationError."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _require(inp: pd.DataFrame, columns: list[str], who: str, excludes: tuple[str, ...] = ()) -> None:
+    try:
+        pt.validate.columns(inp, includes=columns, excludes=list(excludes))
+    except pt.validate.InputValidationError as e:
+        missing = [c for c in columns if c not in inp.columns]
+        problem = (f"lacks column(s) {', '.join(missing)}" if missing else
+                   f"has column(s) {', '.join(c for c in excludes if c in inp.columns)} it must not have")
+        raise FrameError(f"{who}: the input frame {problem}; it needs {', '.join(columns)}"
+                         f"{' and no ' + ', '.join(excludes) if excludes else ''} "
+                         f"(got {', '.join(map(str, inp.columns)) or 'none'})", e.modes) from None
+
+
+def _searcher(index: str | Path | Searcher, model: MiceModel | str | None, options: dict) -> Searcher:
+    """An index folder is opened with `options` (SearchConfig fields); a Searcher gets them as changes."""
+    if isinstance(index, Searcher):
+        if model is not None:
+            raise SearchError("model= goes with an index folder; a Searcher already has its model")
+        return index.with_config(**options) if options else index
+    return Searcher.open(index, model=model, config=SearchConfig(**options))
+
+
+def _ranked(frame: pd.DataFrame) -> pd.DataFrame:
+    """PyTerrier ranks (0 = best, ties in input order), rows sorted by query (input order) then rank."""
+    frame = pt.model.add_ranks(frame)
+    query_order = pd.factorize(frame["qid"])[0]
+    return frame.iloc[np.lexsort((frame["rank"].to_numpy(), query_order))].reset_index(drop=True)
+
+
+class MiceRetriever(pt.Transformer):
+    """Queries (qid, query) -> results (qid, query, docno, score, rank): `Searcher.search_many`.
+
+    `index` is an index folder or an open `Searcher`; `k` results per query (None: the depth);
+    other keywords are `SearchConfig` fields (candidates="bm25"|"dense"|"hybrid", depth=100,
+    rerank="mice"|"none", scorer=ScorerConfig(...), ...). Other input columns are kept."""
+
+    def __init__(self, index: str | Path | Searcher, k: int | None = None, *,
+                 model: MiceModel | str | None = None, **options):
+        self.searcher = _searcher(index, model, options)
+        self.k = k
+
+    def __repr__(self) -> str:
+        c = self.searcher.config
+        return f"MiceRetriever({self.searcher.reader.root}, k={self.k}, candidates={c.candidates}, rerank={c.rerank})"
+
+    def transform_inputs(self) -> list[str]:
+        return ["qid", "query"]
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        # a frame with docnos holds results, not queries: MiceReranker re-scores those
+        _require(inp, ["qid", "query"], "MiceRetriever", excludes=("docno",))
+        columns = RESULT_COLUMNS + [c for c in inp.columns if c not in RESULT_COLUMNS]
+        if inp.empty:
+            out = inp.copy()
+            out["docno"], out["score"], out["rank"] = (pd.Series(dtype=object), pd.Series(dtype=np.float64),
+                                                       pd.Series(dtype=np.int64))
+            return out[columns]
+        qids = inp["qid"].tolist()
+        dup = pd.Index(qids).duplicated()
+        if dup.any():
+            raise SearchError(f"MiceRetriever: qid {qids[int(np.argmax(dup))]!r} appears more than once in the queries")
+        run = self.searcher.search_many([Query(str(q), str(t)) for q, t in zip(qids, inp["query"])], self.k)
+        hits = [(pos, d.doc_id, d.score) for pos, q in enumerate(qids) for d in run[str(q)]]
+        pos, docnos, scores = zip(*hits) if hits else ((), (), ())
+        out = inp.iloc[list(pos)].reset_index(drop=True)
+        out["docno"] = pd.Series(docnos, dtype=object)
+        out["score"] = np.asarray(scores, dtype=np.float64)
+        return _ranked(out)[columns]
+
+
+class MiceReranker(pt.Transformer):
+    """Results (qid, query, docno[, score, rank]) -> the same pairs scored by MICE and ranked again.
+
+    Any first stage works (`bm25 >> MiceReranker("idx/")`) as long as its docnos are documents of
+    the index; their states are read from it. `index` is an index folder or an open `Searcher`
+    (whose model and scorer settings are used); `scorer` overrides the scorer settings;
+    `query_batch` queries are scored together. An incoming score is replaced, other columns kept."""
+
+    def __init__(self, index: str | Path | Searcher, *, model: MiceModel | str | None = None,
+                 scorer: ScorerConfig | None = None, query_batch: int | None = None):
+        # a bm25 first stage is the cheapest to open; only the reader and the model are used here
+        searcher = _searcher(index, model, {} if isinstance(index, Searcher) else {"candidates": "bm25"})
+        if searcher.model is None:
+            raise SearchError("MiceReranker: this Searcher has no MICE model (it was opened with rerank='none')")
+        self.reader = searcher.reader
+        self.scorer = MiceScorer(searcher.model, self.reader, scorer or searcher.config.scorer)
+        self.query_batch = query_batch or searcher.config.query_batch
+
+    def __repr__(self) -> str:
+        return f"MiceReranker({self.reader.root})"
+
+    def transform_inputs(self) -> list[str]:
+        return ["qid", "query", "docno"]
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        _require(inp, ["qid", "query", "docno"], "MiceReranker")
+        columns = list(inp.columns) + [c for c in ("score", "rank") if c not in inp.columns]
+        if inp.empty:
+            out = inp.copy()
+            out["score"], out["rank"] = pd.Series(dtype=np.float64), pd.Series(dtype=np.int64)
+            return out[columns]
+        rows = np.asarray([self._row(d) for d in inp["docno"]], dtype=np.int64)
+        scores = np.empty(len(inp), dtype=np.float64)
+        groups = list(inp.groupby("qid", sort=False).indices.values())  # positions of each query's pairs
+        for i in range(0, len(groups), self.query_batch):
+            batch = groups[i:i + self.query_batch]
+            texts = [str(inp["query"].iat[g[0]]) for g in batch]
+            for g, s in zip(batch, self.scorer.score(texts, [rows[g] for g in batch])):
+                scores[g] = s
+        out = inp.reset_index(drop=True)
+        out["score"] = scores
+        return _ranked(out)[columns]
+
+    def _row(self, docno) -> int:
+        try:
+            return self.reader.row_of(str(docno))
+        except IndexError_:
+            raise SearchError(f"MiceReranker: document {docno!r} is not in the index {self.reader.root}") from None
