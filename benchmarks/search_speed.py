@@ -25,12 +25,13 @@ from mice_index.defaults import DEFAULT_BACKBONE, load_model
 from mice_index.scorer import MiceScorer, ScorerConfig
 from mice_index.search import SearchConfig, Searcher
 from mice_index.sources import read_documents, read_queries
-from mice_index.store import IndexReader
+from mice_index.store import IndexReader, index_info
 
 
 def ensure_index(corpus, idx: Path, codec: str, model) -> Path:
-    """Reuses INDEX_ROOT/<collection>-<codec> (the naming of pipelines/beir_eval.py) when complete."""
-    if not (idx / "manifest.json").exists():
+    """Reuses INDEX_ROOT/<collection>-<codec> (the naming of pipelines/beir_eval.py) when complete;
+    builds it otherwise (build_index resumes an interrupted build)."""
+    if not ((idx / "manifest.json").exists() and index_info(idx)["complete"]):
         build_index(corpus, idx, BuildConfig(codec=codec), model=model)
     return idx
 

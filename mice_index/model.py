@@ -232,12 +232,16 @@ class Interaction(nn.Module):
         # q [B,Tq,D] layer-ℓ* query states; docs [B,Td,D] layer-ℓ* document states -> [B]
         self_mask, cross_mask = query_self_mask(q_mask, q.dtype), key_padding_mask(d_mask, q.dtype)
         docs = docs.to(q.dtype)
-        *layers, last = self.layers
-        for layer in layers:
+        for layer in self.layers[:-1]:
             q = layer(q, self_mask, docs, cross_mask)
+        return self.score_cls(q, self_mask)
+
+    def score_cls(self, q, self_mask) -> torch.Tensor:
+        """Last interaction layer + pooler + head on the second-to-last layer's query states -> [B]."""
         # In the last layer only the [CLS] row reaches the score, and the [CLS] skips cross-attention:
         # that layer's cross-attention and query-token rows are dead computation (exactly equal to
-        # running `last` in full; tests/test_model.py checks it), so only the [CLS] row is computed.
+        # running it in full; tests/test_model.py checks it), so only the [CLS] row is computed.
+        last = self.layers[-1]
         cls = last.ffn(last.self_attn(q[:, :1], q, self_mask[:, :, :1, :]))[:, 0]
         if self.pooler is not None:
             cls = torch.tanh(self.pooler(cls))

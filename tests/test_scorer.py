@@ -70,3 +70,28 @@ def test_token_batches_respect_budget():
     slices = list(_token_batches(lengths, 100))
     assert [lengths[s].tolist() for s in slices] == [[50, 40], [40, 10], [3]]
     assert sum(s.stop - s.start for s in _token_batches(lengths, 1)) == 5  # over-long docs go alone
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("query_words", [2, 30])  # 4 heads × tokens < 32 hidden: absorbed path; else standard
+def test_inference_path_equals_model(tiny_bert_dir, layers, query_words):
+    """fast.score_pairs (query work shared, absorbed cross-attention) == Interaction.forward."""
+    from mice_index.model import MiceModel, pad_states
+    from mice_index.scorer.fast import score_pairs
+
+    model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=1, num_interaction_layers=layers,
+                                      max_query_length=64)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a random init scores every pair alike, and HF's biases are zero:
+        for name, p in model.interaction.named_parameters():  # spread scores, give biases values
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.5 if name.endswith("bias") else 0.3)
+    queries = ["bees " * query_words, "stars", "wax cells and honey " * (query_words // 4 + 1)]
+    q, q_mask = model.encode_queries(queries)
+    docs, d_mask = pad_states([torch.randn(n, 32) * 3 for n in (9, 1, 30, 17, 30)])
+    pair_query = torch.tensor([2, 0, 1, 0, 2])
+    with torch.inference_mode():
+        want = model.interaction(q[pair_query], q_mask[pair_query], docs, d_mask)
+        got = score_pairs(model.interaction, q, q_mask, pair_query, docs, d_mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert want.std() > 0.1  # the pairs really differ

@@ -5,7 +5,9 @@
 
 For a group of queries the bottom layers run once per query; their candidates' states are read
 and decoded by a background thread (I/O and decoding overlap compute), sorted by length and cut
-into batches by a token budget, so one batch may hold pairs of several queries.
+into batches by a token budget, so one batch may hold pairs of several queries. Batches are scored
+by the inference path in `fast.py` (query-only work once per query, absorbed cross-attention),
+which equals `MiceModel.score_states`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from mice_index.encoder import resolve_device, resolve_dtype
 from mice_index.model import MiceModel
+from mice_index.scorer.fast import score_pairs
 
 __all__ = ["MiceScorer", "ScorerConfig", "StateReader"]
 
@@ -111,8 +114,12 @@ class MiceScorer:
         for batch in _token_batches(lengths[order], self.config.batch_tokens):
             idx = order[batch]
             docs, d_mask = self._pad([group.states[i] for i in idx])
-            qi = torch.as_tensor(group.pair_query[idx], device=self.device)
-            s = self.model.score_states(q_states[qi], q_mask[qi], docs, d_mask)
+            present, pair_query = np.unique(group.pair_query[idx], return_inverse=True)
+            sel = torch.as_tensor(present, device=self.device)
+            qm = q_mask[sel]
+            tq = int(qm.sum(1).max())  # drop padding columns no query of this batch needs
+            s = score_pairs(self.model.interaction, q_states[sel, :tq], qm[:, :tq],
+                            torch.as_tensor(pair_query, device=self.device), docs, d_mask)
             scores[idx] = s.float().cpu().numpy()
         return scores
 

@@ -1,0 +1,70 @@
+"""Inference path of the MICE interaction for re-ranking: equal to `Interaction.forward`, cheaper.
+
+`Interaction.forward` (model.py) is the reference and the training path; this module rewrites it,
+exactly, for many (query, document) pairs at inference time:
+
+1. Query-only work once per query. The first interaction layer's query self-attention and its
+   cross-attention queries depend on the query alone, so they are computed per query and shared
+   by all of that query's candidates instead of being repeated per pair.
+2. Absorbed cross-attention. Projecting every document token to keys and values costs 2·D²
+   multiply-adds per token and layer. Folding the query into the key projection,
+   q_h·(W_k,h d + b_k,h) = (W_k,hᵀ q_h)·d + const, and applying the value projection after the
+   attention average, Σ_j a_j (W_v,h d_j + b_v,h) = W_v,h (Σ_j a_j d_j) + b_v,h, costs 2·H·Tq·D
+   per document token instead: cheaper whenever H·Tq < D (12 heads, D=384: queries of up to 31
+   tokens). The constant q_h·b_k,h is the same for every key of a row, so softmax cancels it; the
+   value bias passes through unchanged because the weights sum to 1. Longer queries take the
+   standard path.
+3. The [CLS] row never cross-attends, so only the query-token rows go through cross-attention.
+
+tests/test_scorer.py checks both paths against `Interaction.forward`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mice_index.model import Attention, Interaction, key_padding_mask, query_self_mask
+
+__all__ = ["score_pairs"]
+
+
+def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_query: torch.Tensor,
+                docs: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
+    """Scores P pairs. q [Q,Tq,D] layer-ℓ* states of Q distinct queries (mask [Q,Tq]);
+    pair_query [P] the query index of each pair; docs [P,Td,D] layer-ℓ* states (mask [P,Td]) -> [P]."""
+    assert not inter.training, "the inference path has no dropout; use Interaction.forward to train"
+    self_mask = query_self_mask(q_mask, q.dtype)  # [Q,1,Tq,Tq]
+    cross_mask = key_padding_mask(d_mask, q.dtype)[:, 0]  # [P,1,Td]
+    docs = docs.to(q.dtype)
+    if len(inter.layers) == 1:  # the [CLS] of a single interaction layer never sees the document
+        return inter.score_cls(q, self_mask)[pair_query]
+    first, *middle = inter.layers[:-1]
+    x = first.self_attn(q, q, self_mask)  # once per query
+    x = first.ffn(_cross(first.cross_attn, x, pair_query, docs, cross_mask))  # per pair from here
+    pair_self_mask = self_mask[pair_query]
+    every = torch.arange(len(pair_query), device=docs.device)
+    for layer in middle:
+        x = layer.self_attn(x, x, pair_self_mask)
+        x = layer.ffn(_cross(layer.cross_attn, x, every, docs, cross_mask))
+    return inter.score_cls(x, pair_self_mask)
+
+
+def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Tensor,
+           mask: torch.Tensor) -> torch.Tensor:
+    """Cross-attention sublayer for pairs: x [Q,Tq,D] (pair p reads x[rows[p]]) -> [P,Tq,D];
+    the [CLS] row (position 0) passes unchanged."""
+    P, Td, D = docs.shape
+    H, Tq = attn.num_heads, x.shape[1] - 1
+    tokens = x[:, 1:]  # the [CLS] takes no part in cross-attention
+    if H * Tq >= D:  # long query: projecting the documents is cheaper
+        crossed = attn(tokens[rows], docs, mask[:, None])
+    else:
+        dh = D // H
+        q = attn._heads(attn.query(tokens)) * dh ** -0.5  # [Q,H,Tq,dh]
+        qk = torch.einsum("qhtd,hde->qhte", q, attn.key.weight.view(H, dh, D))  # [Q,H,Tq,D]
+        scores = torch.matmul(qk[rows].reshape(P, H * Tq, D), docs.transpose(1, 2))  # [P,H·Tq,Td]
+        weights = torch.softmax(scores + mask, dim=-1)
+        avg = torch.matmul(weights, docs).view(P, H, Tq, D)  # attention-weighted document states
+        ctx = torch.einsum("phtd,hed->pthe", avg, attn.value.weight.view(H, dh, D)).reshape(P, Tq, D)
+        crossed = attn.norm(tokens[rows] + attn.out(ctx + attn.value.bias))
+    return torch.cat([x[rows, :1], crossed], dim=1)
