@@ -26,8 +26,9 @@ except ImportError as e:
 from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.scorer import MiceScorer, ScorerConfig
-from mice_index.search import SearchConfig, Searcher
+from mice_index.search import SearchConfig, Searcher, checked_model
 from mice_index.sources import Query
+from mice_index.store import IndexReader
 
 __all__ = ["FrameError", "MiceReranker", "MiceRetriever"]
 
@@ -121,13 +122,17 @@ class MiceReranker(pt.Transformer):
 
     def __init__(self, index: str | Path | Searcher, *, model: MiceModel | str | None = None,
                  scorer: ScorerConfig | None = None, query_batch: int | None = None):
-        # a bm25 first stage is the cheapest to open; only the reader and the model are used here
-        searcher = _searcher(index, model, {} if isinstance(index, Searcher) else {"candidates": "bm25"})
-        if searcher.model is None:
-            raise SearchError("MiceReranker: this Searcher has no MICE model (it was opened with rerank='none')")
-        self.reader = searcher.reader
-        self.scorer = MiceScorer(searcher.model, self.reader, scorer or searcher.config.scorer)
-        self.query_batch = query_batch or searcher.config.query_batch
+        if isinstance(index, Searcher):
+            if model is not None:
+                raise SearchError("model= goes with an index folder; a Searcher already has its model")
+            if index.model is None:
+                raise SearchError("MiceReranker: this Searcher has no MICE model (it was opened with rerank='none')")
+            self.reader, mice, config = index.reader, index.model, index.config
+        else:  # only the states and the model are needed: no first stage is loaded
+            self.reader = IndexReader.open(index)
+            mice, config = checked_model(self.reader, model), SearchConfig()
+        self.scorer = MiceScorer(mice, self.reader, scorer or config.scorer)
+        self.query_batch = query_batch or config.query_batch
 
     def __repr__(self) -> str:
         return f"MiceReranker({self.reader.root})"

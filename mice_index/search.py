@@ -27,7 +27,7 @@ from mice_index.sources import Query
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "SearchConfig", "Searcher"]
+__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model"]
 
 CANDIDATES = ("bm25", "dense", "hybrid")
 DEFAULT_DEPTH = 100
@@ -85,20 +85,10 @@ class Searcher:
     @classmethod
     def open(cls, index_dir: str | Path, model: MiceModel | str | None = None,
              config: SearchConfig = SearchConfig()) -> Searcher:
-        from mice_index.defaults import load_model
         from mice_index.store import IndexReader
 
         reader = IndexReader.open(index_dir)
-        if config.rerank == "mice":
-            built_with = reader.manifest["model"]
-            mice = model if isinstance(model, MiceModel) else load_model(model or built_with["name"])
-            if mice.fingerprint() != built_with["fingerprint"]:
-                raise IndexError_(
-                    f"{index_dir}: its states were computed by model {built_with['name']!r} (fingerprint "
-                    f"{built_with['fingerprint']}), but the loaded model's fingerprint is {mice.fingerprint()}; "
-                    "MICE scores would be meaningless. Pass the index's model with --model or rebuild the index")
-        else:
-            mice = None
+        mice = checked_model(reader, model) if config.rerank == "mice" else None
         embed = DenseQueryEncoder.for_index(reader) if reader.dense_path is not None else None
         return cls(reader, mice, config, dense_query_encoder=embed)
 
@@ -185,6 +175,21 @@ class Searcher:
 
     def with_config(self, **changes) -> Searcher:
         return Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
+
+
+def checked_model(reader, model: MiceModel | str | None = None) -> MiceModel:
+    """The MICE model to score `reader`'s index with (default: the one it was built with), refused
+    when its fingerprint differs from the index's: scores over another bottom's states are meaningless."""
+    from mice_index.defaults import load_model
+
+    built_with = reader.manifest["model"]
+    mice = model if isinstance(model, MiceModel) else load_model(model or built_with["name"])
+    if mice.fingerprint() != built_with["fingerprint"]:
+        raise IndexError_(
+            f"{reader.root}: its states were computed by model {built_with['name']!r} (fingerprint "
+            f"{built_with['fingerprint']}), but the loaded model's fingerprint is {mice.fingerprint()}; "
+            "MICE scores would be meaningless. Pass the index's model with --model or rebuild the index")
+    return mice
 
 
 class DenseQueryEncoder:

@@ -119,3 +119,22 @@ def test_pyterrier_inspection(searcher):
     assert pt.inspect.transformer_outputs(reranker, RESULT_COLUMNS) == RESULT_COLUMNS
     with pytest.raises(pt.validate.InputValidationError):
         pt.inspect.transformer_outputs(reranker, ["qid", "query"])
+
+
+def test_reranker_from_index_folder(built, searcher, queries, tmp_path, minilm_dir):  # noqa: F811
+    """An index folder opens only the states and the checked model; another model is refused."""
+    from mice_index.errors import IndexError_
+    from mice_index.model import MiceModel
+
+    from .conftest import write_tiny_bert
+
+    idx, model = built
+    first = MiceRetriever(searcher, k=5, rerank="none").transform(_frame(queries[:1]))
+    want = MiceReranker(searcher).transform(first)
+    got = MiceReranker(idx, model=model, scorer=FP32).transform(first)
+    assert got["docno"].tolist() == want["docno"].tolist()
+    np.testing.assert_allclose(got["score"], want["score"], atol=1e-5)
+    write_tiny_bert(tmp_path / "other", minilm_dir, seed=2)
+    other = MiceModel.from_pretrained(tmp_path / "other", fusion_layer=2, num_interaction_layers=2)
+    with pytest.raises(IndexError_, match="fingerprint"):
+        MiceReranker(idx, model=other)
