@@ -41,6 +41,9 @@ class MemoryStates:
     def __init__(self, states: dict[int, np.ndarray]):
         self.states = states
 
+    def lengths(self, rows):
+        return np.array([self.states[r].shape[0] for r in rows])
+
     def get_states(self, rows):
         return [self.states[r] for r in rows]
 

@@ -23,17 +23,20 @@ class ListReader:
         self.states = [s.numpy() for s in model.encode_documents(texts)]
         self.calls = 0
 
+    def lengths(self, rows):
+        return np.array([self.states[r].shape[0] for r in rows])
+
     def get_states(self, rows):
         self.calls += 1
         return [self.states[r] for r in rows]
 
 
-@pytest.mark.parametrize("batch_tokens,pairs_per_group", [(16_384, 512), (40, 3), (1, 1)])
-def test_scores_match_text_path(tiny_mice, batch_tokens, pairs_per_group):
+@pytest.mark.parametrize("batch_tokens", [16_384, 40, 1])
+def test_scores_match_text_path(tiny_mice, batch_tokens):
     reader = ListReader(tiny_mice, DOCS)
     queries = ["how do bees make honey", "navigation by stars"]
     rows = [[0, 1, 2, 3, 4], [4, 0, 3]]
-    cfg = ScorerConfig(batch_tokens=batch_tokens, pairs_per_group=pairs_per_group, dtype="fp32")
+    cfg = ScorerConfig(batch_tokens=batch_tokens, dtype="fp32")
     got = MiceScorer(tiny_mice, reader, cfg).score(queries, rows)
     for q, r, g in zip(queries, rows, got):
         want = tiny_mice.score_texts(q, [DOCS[i] for i in r]).numpy()
@@ -49,10 +52,13 @@ def test_empty_candidate_lists(tiny_mice):
 
 def test_reader_errors_reach_the_caller(tiny_mice):
     class Broken:
+        def lengths(self, rows):
+            return np.full(len(rows), 5)
+
         def get_states(self, rows):
             raise OSError("shard 00003 unreadable")
 
-    scorer = MiceScorer(tiny_mice, Broken(), ScorerConfig(dtype="fp32", pairs_per_group=1))
+    scorer = MiceScorer(tiny_mice, Broken(), ScorerConfig(dtype="fp32", batch_tokens=5))
     with pytest.raises(OSError, match="00003"):
         scorer.score(["q"], [[0, 1, 2]])
 
@@ -74,7 +80,8 @@ def test_token_batches_respect_budget():
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("query_words", [2, 30])  # 4 heads × tokens < 32 hidden: absorbed path; else standard
-def test_inference_path_equals_model(tiny_bert_dir, layers, query_words):
+@pytest.mark.parametrize("pair_query", [[2, 0, 1, 0, 2], [0, 0, 1, 2, 2]])  # scattered / in runs
+def test_inference_path_equals_model(tiny_bert_dir, layers, query_words, pair_query):
     """fast.score_pairs (query work shared, absorbed cross-attention) == Interaction.forward."""
     from mice_index.model import MiceModel, pad_states
     from mice_index.scorer.fast import score_pairs
@@ -89,9 +96,9 @@ def test_inference_path_equals_model(tiny_bert_dir, layers, query_words):
     queries = ["bees " * query_words, "stars", "wax cells and honey " * (query_words // 4 + 1)]
     q, q_mask = model.encode_queries(queries)
     docs, d_mask = pad_states([torch.randn(n, 32) * 3 for n in (9, 1, 30, 17, 30)])
-    pair_query = torch.tensor([2, 0, 1, 0, 2])
+    pair_query = torch.tensor(pair_query)
     with torch.inference_mode():
         want = model.interaction(q[pair_query], q_mask[pair_query], docs, d_mask)
         got = score_pairs(model.interaction, q, q_mask, pair_query, docs, d_mask)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert want.std() > 0.1  # the pairs really differ
+    assert want.std() > 0.02  # the pairs really differ

@@ -31,40 +31,50 @@ __all__ = ["score_pairs"]
 def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_query: torch.Tensor,
                 docs: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
     """Scores P pairs. q [Q,Tq,D] layer-ℓ* states of Q distinct queries (mask [Q,Tq]);
-    pair_query [P] the query index of each pair; docs [P,Td,D] layer-ℓ* states (mask [P,Td]) -> [P]."""
+    pair_query [P] the query index of each pair (pairs of one query best kept contiguous: each run
+    of equal indices is one matrix product); docs [P,Td,D] layer-ℓ* states (mask [P,Td]) -> [P]."""
     assert not inter.training, "the inference path has no dropout; use Interaction.forward to train"
     self_mask = query_self_mask(q_mask, q.dtype)  # [Q,1,Tq,Tq]
-    cross_mask = key_padding_mask(d_mask, q.dtype)[:, 0]  # [P,1,Td]
+    keys_mask = key_padding_mask(d_mask, q.dtype)[:, 0, 0]  # [P,Td] additive
     docs = docs.to(q.dtype)
     if len(inter.layers) == 1:  # the [CLS] of a single interaction layer never sees the document
         return inter.score_cls(q, self_mask)[pair_query]
     first, *middle = inter.layers[:-1]
     x = first.self_attn(q, q, self_mask)  # once per query
-    x = first.ffn(_cross(first.cross_attn, x, pair_query, docs, cross_mask))  # per pair from here
+    x = first.ffn(_cross(first.cross_attn, x, pair_query, docs, keys_mask))  # per pair from here
     pair_self_mask = self_mask[pair_query]
     every = torch.arange(len(pair_query), device=docs.device)
     for layer in middle:
         x = layer.self_attn(x, x, pair_self_mask)
-        x = layer.ffn(_cross(layer.cross_attn, x, every, docs, cross_mask))
+        x = layer.ffn(_cross(layer.cross_attn, x, every, docs, keys_mask))
     return inter.score_cls(x, pair_self_mask)
 
 
 def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Tensor,
-           mask: torch.Tensor) -> torch.Tensor:
+           keys_mask: torch.Tensor) -> torch.Tensor:
     """Cross-attention sublayer for pairs: x [Q,Tq,D] (pair p reads x[rows[p]]) -> [P,Tq,D];
     the [CLS] row (position 0) passes unchanged."""
     P, Td, D = docs.shape
     H, Tq = attn.num_heads, x.shape[1] - 1
     tokens = x[:, 1:]  # the [CLS] takes no part in cross-attention
     if H * Tq >= D:  # long query: projecting the documents is cheaper
-        crossed = attn(tokens[rows], docs, mask[:, None])
+        crossed = attn(tokens[rows], docs, keys_mask[:, None, None, :])
     else:
         dh = D // H
         q = attn._heads(attn.query(tokens)) * dh ** -0.5  # [Q,H,Tq,dh]
-        qk = torch.einsum("qhtd,hde->qhte", q, attn.key.weight.view(H, dh, D))  # [Q,H,Tq,D]
-        scores = torch.matmul(qk[rows].reshape(P, H * Tq, D), docs.transpose(1, 2))  # [P,H·Tq,Td]
-        weights = torch.softmax(scores + mask, dim=-1)
-        avg = torch.matmul(weights, docs).view(P, H, Tq, D)  # attention-weighted document states
+        qk = torch.einsum("qhtd,hde->qhte", q, attn.key.weight.view(H, dh, D)).reshape(-1, H * Tq, D)
+        scores = docs.new_empty((P, Td, H * Tq))
+        for a, b, i in _runs(rows):  # one product per run of pairs sharing their query rows
+            torch.matmul(docs[a:b], qk[i].T, out=scores[a:b])
+        weights = torch.softmax(scores + keys_mask[:, :, None], dim=1)  # over document tokens
+        avg = torch.matmul(weights.transpose(1, 2), docs).view(P, H, Tq, D)  # weighted document states
         ctx = torch.einsum("phtd,hed->pthe", avg, attn.value.weight.view(H, dh, D)).reshape(P, Tq, D)
         crossed = attn.norm(tokens[rows] + attn.out(ctx + attn.value.bias))
     return torch.cat([x[rows, :1], crossed], dim=1)
+
+
+def _runs(rows: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(start, end, value) of each run of equal consecutive values."""
+    values, counts = torch.unique_consecutive(rows, return_counts=True)
+    ends = counts.cumsum(0).tolist()
+    return [(e - c, e, v) for e, c, v in zip(ends, counts.tolist(), values.tolist())]

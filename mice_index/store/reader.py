@@ -218,7 +218,7 @@ class IndexReader:
         parts = self.get_encoded(rows)
         if not parts:
             return []
-        cat = self.codec.decode({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        cat = self.codec.decode_torch({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}).numpy()
         bounds = np.cumsum([0] + [next(iter(p.values())).shape[0] for p in parts])
         return [cat[bounds[i]: bounds[i + 1]] for i in range(len(parts))]
 
