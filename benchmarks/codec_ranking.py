@@ -58,13 +58,25 @@ def reference_states(model, reader, rows: list[int], batch: int = 32) -> dict[in
     return out
 
 
-def roundtrip(name: str, ref: dict[int, np.ndarray], fit_tokens: int) -> tuple[dict[int, np.ndarray], int]:
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'pq:M=96;nbits=8' -> ('pq', {'M': 96, 'nbits': 8}); a bare name has no options."""
+    name, _, opts = spec.partition(":")
+    options = {}
+    for item in filter(None, opts.split(";")):
+        key, _, value = item.partition("=")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    return name, options
+
+
+def roundtrip(spec: str, ref: dict[int, np.ndarray], fit_tokens: int) -> tuple[dict[int, np.ndarray], int]:
     rows = sorted(ref)
     flat = np.concatenate([ref[r] for r in rows])
     rng = np.random.default_rng(0)
     sample = flat[rng.choice(len(flat), size=min(fit_tokens, len(flat)), replace=False)]
-    codec = make_codec(name, dim=flat.shape[1]).fit(sample, seed=0)
-    decoded = codec.decode(codec.encode(flat))
+    name, options = parse_spec(spec)
+    codec = make_codec(name, dim=flat.shape[1], **options).fit(sample, seed=0)
+    step = BuildConfig.window_tokens  # encode in build-sized windows: faiss's code tables grow with n
+    decoded = np.concatenate([codec.decode(codec.encode(flat[i:i + step])) for i in range(0, len(flat), step)])
     bounds = np.cumsum([0] + [ref[r].shape[0] for r in rows])
     return {r: decoded[a:b] for r, a, b in zip(rows, bounds[:-1], bounds[1:])}, codec.bytes_per_token
 
@@ -74,7 +86,7 @@ def main() -> None:
     p.add_argument("--collection", type=Path, default=Path("../shared/datasets/scifact"))
     p.add_argument("--work", type=Path, default=Path("out/beir/indexes"), help="index root (shared with beir_eval)")
     p.add_argument("--model", default=None)
-    p.add_argument("--codecs", default=CODECS)
+    p.add_argument("--codecs", default=CODECS, help="comma list of codec names or name:key=value;key=value")
     p.add_argument("--candidates", default="hybrid")
     p.add_argument("--depth", type=int, default=100)
     p.add_argument("--fit-tokens", type=int, default=BuildConfig.fit_tokens)
