@@ -81,10 +81,14 @@ def test_token_batches_respect_budget():
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("query_words", [2, 30])  # 4 heads × tokens < 32 hidden: absorbed path; else standard
 @pytest.mark.parametrize("pair_query", [[2, 0, 1, 0, 2], [0, 0, 1, 2, 2]])  # scattered / in runs
-def test_inference_path_equals_model(tiny_bert_dir, layers, query_words, pair_query):
+@pytest.mark.parametrize("max_runs", [16, 0])  # a product per run of one query's pairs / one batched product
+def test_inference_path_equals_model(tiny_bert_dir, layers, query_words, pair_query, max_runs, monkeypatch):
     """fast.score_pairs (query work shared, absorbed cross-attention) == Interaction.forward."""
     from mice_index.model import MiceModel, pad_states
+    from mice_index.scorer import fast
     from mice_index.scorer.fast import score_pairs
+
+    monkeypatch.setattr(fast, "MAX_RUNS", max_runs)
 
     model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=1, num_interaction_layers=layers,
                                       max_query_length=64)

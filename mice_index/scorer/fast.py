@@ -27,6 +27,8 @@ from mice_index.model import Attention, Interaction, key_padding_mask, query_sel
 
 __all__ = ["score_pairs"]
 
+MAX_RUNS = 16  # more runs of pairs sharing a query than this: one batched product instead of a loop
+
 
 def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_query: torch.Tensor,
                 docs: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
@@ -63,9 +65,13 @@ def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Ten
         dh = D // H
         q = attn._heads(attn.query(tokens)) * dh ** -0.5  # [Q,H,Tq,dh]
         qk = torch.einsum("qhtd,hde->qhte", q, attn.key.weight.view(H, dh, D)).reshape(-1, H * Tq, D)
-        scores = docs.new_empty((P, Td, H * Tq))
-        for a, b, i in _runs(rows):  # one product per run of pairs sharing their query rows
-            torch.matmul(docs[a:b], qk[i].T, out=scores[a:b])
+        runs = _runs(rows)
+        if len(runs) <= MAX_RUNS:  # one large product per run of pairs sharing their query rows
+            scores = docs.new_empty((P, Td, H * Tq))
+            for a, b, i in runs:
+                torch.matmul(docs[a:b], qk[i].T, out=scores[a:b])
+        else:  # e.g. per-pair query rows (after the first layer): one batched product
+            scores = torch.matmul(docs, qk[rows].transpose(1, 2))
         weights = torch.softmax(scores + keys_mask[:, :, None], dim=1)  # over document tokens
         avg = torch.matmul(weights.transpose(1, 2), docs).view(P, H, Tq, D)  # weighted document states
         ctx = torch.einsum("phtd,hed->pthe", avg, attn.value.weight.view(H, dh, D)).reshape(P, Tq, D)
