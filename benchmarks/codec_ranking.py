@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mice_index.build import BuildConfig, build_index
+from mice_index.build import BuildConfig
 from mice_index.codec import make_codec
 from mice_index.defaults import load_model
 from mice_index.runs import ScoredDoc, evaluate
 from mice_index.scorer import MiceScorer, ScorerConfig
 from mice_index.search import SearchConfig, Searcher
 from mice_index.sources import read_queries
-from mice_index.store import index_info
+from search_speed import ensure_index  # benchmarks/ is on sys.path when run as a script
 
 CODECS = "fp16,int8,int8-dim,pq32,opq32,rq26,rq32"
 
@@ -97,9 +97,7 @@ def main() -> None:
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    idx = args.work / f"{args.collection.name}-fp16"
-    if not ((idx / "manifest.json").exists() and index_info(idx)["complete"]):
-        build_index(args.collection, idx, BuildConfig(codec="fp16"), model=model)
+    idx = ensure_index(args.collection, args.work / f"{args.collection.name}-fp16", "fp16", model)
     searcher = Searcher.open(idx, model=model, config=SearchConfig(candidates=args.candidates, rerank="none",
                                                                   depth=args.depth))
     queries = list(read_queries(args.collection))
@@ -113,19 +111,25 @@ def main() -> None:
     report = {"collection": args.collection.name, "candidates": args.candidates, "depth": args.depth,
               "queries": len(queries), "first_stage_ndcg10": evaluate(first, qrels, ["nDCG@10"])["nDCG@10"],
               "codecs": {}}
+    qids = list(rows)
+    texts = {q.query_id: q.text for q in queries}
+
+    def rerank(states: dict[int, np.ndarray]) -> tuple[float, np.ndarray]:
+        """nDCG@10 of MICE over the candidates from `states`, and the flat scores."""
+        scorer = MiceScorer(model, MemoryStates(states), ScorerConfig(dtype="fp32"))
+        scores = scorer.score([texts[q] for q in qids], [rows[q] for q in qids])
+        run = {q: [ScoredDoc(q, searcher.reader.doc_id(r), float(s)) for r, s in zip(rows[q], sc)]
+               for q, sc in zip(qids, scores)}
+        return evaluate(run, qrels, ["nDCG@10"])["nDCG@10"], np.concatenate(scores)
+
     fp32_scores = None
     for name in ["fp32", *args.codecs.split(",")]:
         t = time.perf_counter()
         states, bpt = (ref, 4 * next(iter(ref.values())).shape[1]) if name == "fp32" else \
             roundtrip(name, ref, args.fit_tokens)
-        scorer = MiceScorer(model, MemoryStates(states), ScorerConfig(dtype="fp32"))
-        qids = list(rows)
-        scores = scorer.score([q.text for q in queries if q.query_id in rows], [rows[q] for q in qids])
-        run = {q: [ScoredDoc(q, searcher.reader.doc_id(r), float(s)) for r, s in zip(rows[q], sc)]
-               for q, sc in zip(qids, scores)}
-        flat = np.concatenate(scores)
-        fp32_scores = flat if fp32_scores is None else fp32_scores
-        ndcg = evaluate(run, qrels, ["nDCG@10"])["nDCG@10"]
+        ndcg, flat = rerank(states)
+        if fp32_scores is None:  # the first row is fp32: the reference of every score change
+            fp32_scores = flat
         report["codecs"][name] = {"bytes_per_token": bpt, "nDCG@10": ndcg,
                                   "mean_abs_score_diff": float(np.abs(flat - fp32_scores).mean())}
         print(f"{name:9s} {bpt:5d} B/token  nDCG@10 {ndcg:.4f}  ({time.perf_counter() - t:.0f}s)", flush=True)

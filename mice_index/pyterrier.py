@@ -123,11 +123,10 @@ class MiceReranker(pt.Transformer):
     def __init__(self, index: str | Path | Searcher, *, model: MiceModel | str | None = None,
                  scorer: ScorerConfig | None = None, query_batch: int | None = None):
         if isinstance(index, Searcher):
-            if model is not None:
-                raise SearchError("model= goes with an index folder; a Searcher already has its model")
-            if index.model is None:
+            searcher = _searcher(index, model, {})
+            if searcher.model is None:
                 raise SearchError("MiceReranker: this Searcher has no MICE model (it was opened with rerank='none')")
-            self.reader, mice, config = index.reader, index.model, index.config
+            self.reader, mice, config = searcher.reader, searcher.model, searcher.config
         else:  # only the states and the model are needed: no first stage is loaded
             self.reader = IndexReader.open(index)
             mice, config = checked_model(self.reader, model), SearchConfig()

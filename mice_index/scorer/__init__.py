@@ -125,9 +125,9 @@ class MiceScorer:
         lengths = torch.tensor([s.shape[0] for s in states])
         docs = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(s) for s in states], batch_first=True)
         mask = (torch.arange(docs.shape[1])[None, :] < lengths[:, None]).long()
-        if self.device.type == "cuda":  # pinned host buffers: the copies below run asynchronously
-            docs, mask = docs.pin_memory(), mask.pin_memory()
         pin = self.device.type == "cuda"
+        if pin:  # pinned host buffers: the copies below run asynchronously
+            docs, mask = docs.pin_memory(), mask.pin_memory()
         return docs.to(self.device, self.dtype, non_blocking=pin), mask.to(self.device, non_blocking=pin)
 
 
