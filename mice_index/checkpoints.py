@@ -1,15 +1,20 @@
 """Model files: where a model lives (folder, packaged offline copy, hub id) and how its files are
-read. Safetensors only: pickle-based weights are refused, since unpickling can run code."""
+read. Safetensors only: pickle-based weights are refused, since unpickling can run code. Also the
+name tables that map a backbone family's HF weight names onto MICE's modules (`FAMILIES`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mice_index.errors import ModelError
+
+if TYPE_CHECKING:
+    from mice_index.model import MiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +88,55 @@ def load_tokenizer(path: Path):
         return AutoTokenizer.from_pretrained(str(path), use_fast=True)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: cannot load tokenizer ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight loading: HF BERT names -> ours (explicit table, checked key by key and shape by shape)
+
+
+class BertFamily:
+    ATTN = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+            "out": "attention.output.dense", "norm": "attention.output.LayerNorm"}
+    FFN = {"up": "intermediate.dense", "down": "output.dense", "norm": "output.LayerNorm"}
+    EMB = {"word": "word_embeddings", "position": "position_embeddings",
+           "token_type": "token_type_embeddings", "norm": "LayerNorm"}
+
+    @classmethod
+    def layer_table(cls, ours: str, hf_layer: int, attn_names: tuple[str, ...]) -> dict[str, str]:
+        table = {}
+        for sub, hf_sub in [*((a, cls.ATTN) for a in attn_names), ("ffn", cls.FFN)]:
+            for k, v in hf_sub.items():
+                for p in ("weight", "bias"):
+                    table[f"{ours}.{sub}.{k}.{p}"] = f"encoder.layer.{hf_layer}.{v}.{p}"
+        return table
+
+    @classmethod
+    def name_table(cls, cfg: MiceConfig, with_head: bool, bottom_layers: int | None = None) -> dict[str, str]:
+        t = {f"bottom.embeddings.{k}.weight": f"embeddings.{v}.weight" for k, v in cls.EMB.items()}
+        t["bottom.embeddings.norm.bias"] = "embeddings.LayerNorm.bias"
+        for i in range(bottom_layers or cfg.fusion_layer):
+            t |= cls.layer_table(f"bottom.layers.{i}", i, ("attn",))
+        for i in range(cfg.num_interaction_layers):
+            hf_layer = cfg.fusion_layer + i
+            t |= cls.layer_table(f"interaction.layers.{i}", hf_layer, ("self_attn",))
+            # cross-attention is seeded from the same layer's self-attention weights
+            t |= {k.replace(".self_attn.", ".cross_attn."): v
+                  for k, v in cls.layer_table(f"interaction.layers.{i}", hf_layer, ("self_attn",)).items()
+                  if ".self_attn." in k}
+        if cfg.has_pooler:
+            t |= {"interaction.pooler.weight": "pooler.dense.weight", "interaction.pooler.bias": "pooler.dense.bias"}
+        if with_head:
+            t |= {"interaction.head.weight": "classifier.weight", "interaction.head.bias": "classifier.bias"}
+        return t
+
+    @classmethod
+    def map_hf_weights(cls, hf: dict[str, torch.Tensor], cfg: MiceConfig, with_head: bool) -> dict[str, torch.Tensor]:
+        hf = {k.removeprefix("bert."): v for k, v in hf.items()}
+        table = cls.name_table(cfg, with_head)
+        absent = sorted({v for v in table.values() if v not in hf})
+        if absent:
+            raise ModelError(f"backbone checkpoint lacks {len(absent)} expected tensors, e.g. {absent[:3]}")
+        return {ours: hf[theirs].float() for ours, theirs in table.items()}
+
+
+FAMILIES = {"bert": BertFamily}

@@ -9,6 +9,13 @@ MICE (Minimal Interaction Cross-Encoders) splits a cross-encoder at layer ℓ* (
                                  never reads document tokens. Documents are never updated.
     head                         [CLS] -> pooler (if the backbone has one) -> linear -> score.
 
+Score heads (`MiceConfig.score_head`, recorded in every checkpoint):
+    "cls"          the paper's: the [CLS] head alone.
+    "cls+maxsim"   the [CLS] head plus a learned late-interaction term over the same layer-ℓ*
+                   states (`LateInteraction`: ColBERT's MaxSim with a query-side projection and
+                   per-token weights). It starts as parameter-free MaxSim (projection = I, weights 1,
+                   [CLS] head zero), so training starts from matching signal instead of a random head.
+
 Shapes: B batch, Tq query tokens, Td document tokens, D hidden size, H heads.
 Only the BERT family (post-norm, absolute positions) is implemented; another family adds its own
 block classes and an entry in FAMILIES without touching these.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -28,13 +36,14 @@ from torch import nn
 from mice_index.checkpoints import load_safetensors as _load_safetensors
 from mice_index.checkpoints import load_tokenizer as _load_tokenizer
 from mice_index.checkpoints import read_json as _read_json
-from mice_index.checkpoints import resolve_model_path
+from mice_index.checkpoints import FAMILIES, BertFamily, resolve_model_path
 from mice_index.errors import ModelError
 
 
 CONFIG_NAME = "mice_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+SCORE_HEADS = ("cls", "cls+maxsim")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,6 +177,11 @@ class MiceConfig:
     max_doc_length: int = 256
     doc_token_type: int = 0  # documents are encoded alone as `[CLS] d [SEP]`
     base_model: str | None = None  # where omitted (frozen) bottom weights come from
+    score_head: str = "cls"  # "cls" (the paper's) or "cls+maxsim" (see the module docstring)
+    # interpolation weight of the first-stage score recommended for this model (search --alpha)
+    # and how it was chosen; None: pure MICE
+    recommended_alpha: float | None = None
+    recommended_alpha_note: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -181,6 +195,10 @@ class MiceConfig:
         for name in ("max_query_length", "max_doc_length"):
             if not 3 <= getattr(self, name) <= self.max_position_embeddings:
                 raise ModelError(f"{name} must be in 3..{self.max_position_embeddings}")
+        if self.score_head not in SCORE_HEADS:
+            raise ModelError(f"unknown score_head {self.score_head!r}; choose one of {', '.join(SCORE_HEADS)}")
+        if self.recommended_alpha is not None and not 0.0 <= self.recommended_alpha <= 1.0:
+            raise ModelError(f"recommended_alpha must be in [0, 1], got {self.recommended_alpha}")
 
     @classmethod
     def from_hf(cls, hf: dict, **mice) -> MiceConfig:
@@ -218,6 +236,55 @@ class Bottom(nn.Module):
         return x
 
 
+def inner_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """[B,T] 1/0 mask of `[CLS] ... [SEP]` sequences -> bool mask of the tokens between them."""
+    inner = mask.bool().clone()
+    inner[:, 0] = False
+    last = (mask.sum(1) - 1).clamp(min=0)
+    inner[torch.arange(mask.shape[0], device=mask.device), last] = False
+    return inner
+
+
+class LateInteraction(nn.Module):
+    """Learned MaxSim over layer-ℓ* states (score head "cls+maxsim"):
+
+        s(q, d) = scale · Σ_i w_i · max_j cos(A q_i, d_j)
+
+    over query tokens i and document tokens j, [CLS]/[SEP] excluded on both sides; A [D,D] is a
+    query-side projection (documents are only L2-normalised, so stored states need no extra work),
+    w_i = softplus(u·q_i + c) a per-token weight. At initialisation A = I, u = 0, softplus(c) = 1,
+    scale = 1: exactly ColBERT's MaxSim (Khattab & Zaharia, SIGIR 2020) on the MICE bottom."""
+
+    def __init__(self, cfg: MiceConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.proj = nn.Linear(d, d, bias=False)
+        self.weight = nn.Linear(d, 1)
+        self.scale = nn.Parameter(torch.ones(()))
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(d))
+            self.weight.weight.zero_()
+            self.weight.bias.fill_(math.log(math.e - 1.0))  # softplus(c) = 1
+
+    def query(self, q: torch.Tensor, q_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [B,Tq,D] -> (unit-norm projected tokens [B,Tq,D], weights [B,Tq], 0 off the inner tokens)."""
+        w = F.softplus(self.weight(q).squeeze(-1)) * inner_tokens(q_mask).to(q.dtype)
+        return F.normalize(self.proj(q), dim=-1), self.scale * w
+
+    def forward(self, q, q_mask, docs, d_mask) -> torch.Tensor:
+        """q [B,Tq,D], docs [B,Td,D] with masks -> [B]."""
+        qn, w = self.query(q, q_mask)
+        return self.combine(torch.matmul(qn, F.normalize(docs.to(q.dtype), dim=-1).transpose(1, 2)), w, d_mask)
+
+    @staticmethod
+    def combine(sim: torch.Tensor, w: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
+        """sim [B,Tq,Td] cosines, w [B,Tq], d_mask [B,Td] -> Σ_i w_i max_j sim_ij [B] (0 for a
+        document with no inner token)."""
+        inner = inner_tokens(d_mask)
+        best = sim.masked_fill(~inner[:, None, :], -2.0).amax(-1)
+        return (w * torch.where(inner.any(1, keepdim=True), best, torch.zeros_like(best))).sum(-1)
+
+
 class Interaction(nn.Module):
     """Interaction layers + pooler + linear head: (query states, document states) -> score."""
 
@@ -227,14 +294,16 @@ class Interaction(nn.Module):
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.has_pooler else None
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.head = nn.Linear(cfg.hidden_size, 1)
+        self.late = LateInteraction(cfg) if cfg.score_head == "cls+maxsim" else None
 
     def forward(self, q, q_mask, docs, d_mask) -> torch.Tensor:
         # q [B,Tq,D] layer-ℓ* query states; docs [B,Td,D] layer-ℓ* document states -> [B]
         self_mask, cross_mask = query_self_mask(q_mask, q.dtype), key_padding_mask(d_mask, q.dtype)
         docs = docs.to(q.dtype)
+        late = self.late(q, q_mask, docs, d_mask) if self.late is not None else 0.0
         for layer in self.layers[:-1]:
             q = layer(q, self_mask, docs, cross_mask)
-        return self.score_cls(q, self_mask)
+        return self.score_cls(q, self_mask) + late
 
     def score_cls(self, q, self_mask) -> torch.Tensor:
         """Last interaction layer + pooler + head on the second-to-last layer's query states -> [B]."""
@@ -360,7 +429,10 @@ class MiceModel(nn.Module):
         model = cls(cfg, _load_tokenizer(path))
         model._init_head(seed=0)
         own = FAMILIES[cfg.family].map_hf_weights(weights, cfg, with_head=cross_encoder)
-        model._load_own(own, strict_except=() if cross_encoder else ("interaction.head.",))
+        # new modules keep their initialisation: the late-interaction term (identity MaxSim) and,
+        # for a plain encoder, the head
+        model._load_own(own, strict_except=("interaction.late.",) if cross_encoder
+                        else ("interaction.late.", "interaction.head."))
         return model.eval()
 
     @classmethod
@@ -407,9 +479,13 @@ class MiceModel(nn.Module):
         return model.train(self.training)
 
     def _init_head(self, seed: int) -> None:
+        """A fresh [CLS] head: N(0, 0.02²), or zero when a late-interaction term carries the score
+        at the start (then the model scores exactly like MaxSim until training moves the head)."""
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             self.interaction.head.weight.normal_(0.0, 0.02, generator=g)
+            if self.interaction.late is not None:
+                self.interaction.head.weight.zero_()
             self.interaction.head.bias.zero_()
 
     def _load_own(self, own: dict[str, torch.Tensor], strict_except: tuple[str, ...] = ()) -> None:
@@ -423,58 +499,6 @@ class MiceModel(nn.Module):
             if v.shape != expected[k].shape:
                 raise ModelError(f"weight {k}: shape {tuple(v.shape)} != expected {tuple(expected[k].shape)}")
         self.load_state_dict(own, strict=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# Weight loading: HF BERT names -> ours (explicit table, checked key by key and shape by shape)
-
-
-class BertFamily:
-    ATTN = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-            "out": "attention.output.dense", "norm": "attention.output.LayerNorm"}
-    FFN = {"up": "intermediate.dense", "down": "output.dense", "norm": "output.LayerNorm"}
-    EMB = {"word": "word_embeddings", "position": "position_embeddings",
-           "token_type": "token_type_embeddings", "norm": "LayerNorm"}
-
-    @classmethod
-    def layer_table(cls, ours: str, hf_layer: int, attn_names: tuple[str, ...]) -> dict[str, str]:
-        table = {}
-        for sub, hf_sub in [*((a, cls.ATTN) for a in attn_names), ("ffn", cls.FFN)]:
-            for k, v in hf_sub.items():
-                for p in ("weight", "bias"):
-                    table[f"{ours}.{sub}.{k}.{p}"] = f"encoder.layer.{hf_layer}.{v}.{p}"
-        return table
-
-    @classmethod
-    def name_table(cls, cfg: MiceConfig, with_head: bool, bottom_layers: int | None = None) -> dict[str, str]:
-        t = {f"bottom.embeddings.{k}.weight": f"embeddings.{v}.weight" for k, v in cls.EMB.items()}
-        t["bottom.embeddings.norm.bias"] = "embeddings.LayerNorm.bias"
-        for i in range(bottom_layers or cfg.fusion_layer):
-            t |= cls.layer_table(f"bottom.layers.{i}", i, ("attn",))
-        for i in range(cfg.num_interaction_layers):
-            hf_layer = cfg.fusion_layer + i
-            t |= cls.layer_table(f"interaction.layers.{i}", hf_layer, ("self_attn",))
-            # cross-attention is seeded from the same layer's self-attention weights
-            t |= {k.replace(".self_attn.", ".cross_attn."): v
-                  for k, v in cls.layer_table(f"interaction.layers.{i}", hf_layer, ("self_attn",)).items()
-                  if ".self_attn." in k}
-        if cfg.has_pooler:
-            t |= {"interaction.pooler.weight": "pooler.dense.weight", "interaction.pooler.bias": "pooler.dense.bias"}
-        if with_head:
-            t |= {"interaction.head.weight": "classifier.weight", "interaction.head.bias": "classifier.bias"}
-        return t
-
-    @classmethod
-    def map_hf_weights(cls, hf: dict[str, torch.Tensor], cfg: MiceConfig, with_head: bool) -> dict[str, torch.Tensor]:
-        hf = {k.removeprefix("bert."): v for k, v in hf.items()}
-        table = cls.name_table(cfg, with_head)
-        absent = sorted({v for v in table.values() if v not in hf})
-        if absent:
-            raise ModelError(f"backbone checkpoint lacks {len(absent)} expected tensors, e.g. {absent[:3]}")
-        return {ours: hf[theirs].float() for ours, theirs in table.items()}
-
-
-FAMILIES = {"bert": BertFamily}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ except ImportError as e:
 from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.scorer import MiceScorer, ScorerConfig
-from mice_index.search import SearchConfig, Searcher, checked_model
+from mice_index.candidates import interpolate
+from mice_index.search import SearchConfig, Searcher, checked_model, resolve_alpha
 from mice_index.sources import Query
 from mice_index.store import IndexReader
 
@@ -118,10 +119,13 @@ class MiceReranker(pt.Transformer):
     Any first stage works (`bm25 >> MiceReranker("idx/")`) as long as its docnos are documents of
     the index; their states are read from it. `index` is an index folder or an open `Searcher`
     (whose model and scorer settings are used); `scorer` overrides the scorer settings;
-    `query_batch` queries are scored together. An incoming score is replaced, other columns kept."""
+    `query_batch` queries are scored together. `alpha` interpolates the incoming first-stage
+    `score` with MICE's, as `SearchConfig.alpha` does (None: the Searcher's setting, else the
+    model's recommended alpha; 0: pure MICE). The score is replaced, other columns kept."""
 
     def __init__(self, index: str | Path | Searcher, *, model: MiceModel | str | None = None,
-                 scorer: ScorerConfig | None = None, query_batch: int | None = None):
+                 scorer: ScorerConfig | None = None, query_batch: int | None = None,
+                 alpha: float | None = None):
         if isinstance(index, Searcher):
             searcher = _searcher(index, model, {})
             if searcher.model is None:
@@ -132,6 +136,9 @@ class MiceReranker(pt.Transformer):
             mice, config = checked_model(self.reader, model), SearchConfig()
         self.scorer = MiceScorer(mice, self.reader, scorer or config.scorer)
         self.query_batch = query_batch or config.query_batch
+        self.alpha = resolve_alpha(config.alpha if alpha is None else alpha, mice)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise SearchError(f"MiceReranker: alpha must be in [0, 1], got {self.alpha}")
 
     def __repr__(self) -> str:
         return f"MiceReranker({self.reader.root})"
@@ -140,7 +147,7 @@ class MiceReranker(pt.Transformer):
         return ["qid", "query", "docno"]
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        _require(inp, ["qid", "query", "docno"], "MiceReranker")
+        _require(inp, ["qid", "query", "docno"] + (["score"] if self.alpha > 0 else []), "MiceReranker")
         columns = list(inp.columns) + [c for c in ("score", "rank") if c not in inp.columns]
         if inp.empty:
             out = inp.copy()
@@ -153,7 +160,7 @@ class MiceReranker(pt.Transformer):
             batch = groups[i:i + self.query_batch]
             texts = [str(inp["query"].iat[g[0]]) for g in batch]
             for g, s in zip(batch, self.scorer.score(texts, [rows[g] for g in batch])):
-                scores[g] = s
+                scores[g] = interpolate(inp["score"].to_numpy()[g], s, self.alpha) if self.alpha > 0 else s
         out = inp.reset_index(drop=True)
         out["score"] = scores
         return _ranked(out)[columns]

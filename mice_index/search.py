@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig
+from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig, interpolate
 from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
@@ -27,7 +27,7 @@ from mice_index.sources import Query
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model"]
+__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "resolve_alpha"]
 
 CANDIDATES = ("bm25", "dense", "hybrid")
 DEFAULT_DEPTH = 100
@@ -43,6 +43,9 @@ class SearchConfig:
     scorer: ScorerConfig = ScorerConfig()
     remove_query_id: bool = True  # skip a document whose id equals the query id (Pyserini --remove-query)
     query_batch: int = 16  # queries scored together in batch mode
+    # interpolation weight of the first-stage score: alpha·z(first stage) + (1−alpha)·z(MICE), per
+    # query over its candidates; 0 = pure MICE; None = the model's recommended_alpha (else 0)
+    alpha: float | None = None
 
     def __post_init__(self):
         if self.candidates not in CANDIDATES:
@@ -51,6 +54,8 @@ class SearchConfig:
             raise SearchError(f"unknown re-ranker {self.rerank!r}; choose one of {', '.join(RERANKERS)}")
         if self.depth is not None and self.depth <= 0:
             raise SearchError(f"--depth must be positive, got {self.depth}")
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise SearchError(f"--alpha must be in [0, 1], got {self.alpha}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,11 @@ class Searcher:
             raise SearchError(f"--candidates {config.candidates}: this index has no dense vectors")
         self._embed = dense_query_encoder
         self._scorer = MiceScorer(model, reader, config.scorer) if config.rerank == "mice" else None
+
+    @property
+    def alpha(self) -> float:
+        """The interpolation weight in use: the config's, else the model's recommendation, else 0."""
+        return resolve_alpha(self.config.alpha, self.model)
 
     @classmethod
     def open(cls, index_dir: str | Path, model: MiceModel | str | None = None,
@@ -154,7 +164,8 @@ class Searcher:
             lists.append((rows[keep][:depth], scores[keep][:depth]))
         if self._scorer is not None:
             mice = self._scorer.score([q.text for q in queries], [r for r, _ in lists])
-            lists = [(rows, s) for (rows, _), s in zip(lists, mice)]
+            alpha = self.alpha
+            lists = [(rows, interpolate(first, s, alpha)) for (rows, first), s in zip(lists, mice)]
         out = {}
         for q, (rows, scores) in zip(queries, lists):
             order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), int(rows[j])))[:k]
@@ -175,6 +186,14 @@ class Searcher:
 
     def with_config(self, **changes) -> Searcher:
         return Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
+
+
+def resolve_alpha(alpha: float | None, model: MiceModel | None) -> float:
+    """`alpha` if given, else the model's `recommended_alpha` (chosen on dev queries), else 0."""
+    if alpha is not None:
+        return float(alpha)
+    recommended = model.config.recommended_alpha if model is not None else None
+    return 0.0 if recommended is None else float(recommended)
 
 
 def checked_model(reader, model: MiceModel | str | None = None) -> MiceModel:

@@ -24,26 +24,45 @@ from mice_index.sources import read_queries
 from mice_index.store import index_info
 
 METRICS = ["nDCG@10", "R@100"]
-SYSTEMS = [(c, r) for c in ("bm25", "dense", "hybrid") for r in ("none", "mice")]
+DEFAULT_SYSTEMS = "bm25,dense,hybrid,bm25>maxsim@0,hybrid>maxsim@0,bm25>mice@0,hybrid>mice@0,hybrid>mice"
 
 
-def system_name(candidates: str, rerank: str) -> str:
-    return candidates if rerank == "none" else f"{candidates}→MICE"
+def system_name(candidates: str, rerank: str, alpha: float | None = None) -> str:
+    if rerank == "none":
+        return candidates
+    name = f"{candidates}→{'MICE' if rerank == 'mice' else 'MaxSim'}"
+    return name + (" (default α)" if alpha is None else f" (α={alpha:g})")
 
 
-def parse_systems(text: str) -> list[tuple[str, str]]:
-    """"bm25,hybrid,hybrid>mice" -> [("bm25", "none"), ("hybrid", "none"), ("hybrid", "mice")]."""
+def parse_systems(text: str) -> list[tuple[str, str, float | None]]:
+    """"bm25,hybrid>mice@0,hybrid>mice" -> [("bm25", "none", None), ("hybrid", "mice", 0.0),
+    ("hybrid", "mice", None)]: CANDIDATES[>mice|maxsim[@ALPHA]], no @ = the model's recommended alpha.
+    `maxsim` is the parameter-free MaxSim floor over the same stored states (a "cls+maxsim" model
+    at initialisation)."""
     out = []
     for item in text.split(","):
-        cand, _, rerank = item.strip().partition(">")
-        out.append((cand, rerank or "none"))
+        cand, _, rest = item.strip().partition(">")
+        rerank, _, alpha = rest.partition("@")
+        out.append((cand, rerank or "none", float(alpha) if alpha else None))
     return out
 
 
+def maxsim_model(model):
+    """The MaxSim floor: a "cls+maxsim" model at initialisation over `model`'s bottom."""
+    from mice_index.defaults import DEFAULT_BACKBONE
+    from mice_index.model import MiceModel
+
+    floor = MiceModel.from_pretrained(model.config.base_model or DEFAULT_BACKBONE, fusion_layer=model.config.fusion_layer,
+                                      num_interaction_layers=1, score_head="cls+maxsim")
+    assert floor.fingerprint() == model.fingerprint(), "the MaxSim floor needs the model's bottom"
+    return floor
+
+
 def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec: str, depth: int,
-                        dtype: str, systems=SYSTEMS, log=print) -> dict[str, dict[str, float]]:
+                        dtype: str, systems=parse_systems(DEFAULT_SYSTEMS), log=print) -> dict[str, dict[str, float]]:
     idx = work / "indexes" / f"{folder.name}-{codec}"
     model = load_model(model_name)
+    floor = None
     info = index_info(idx) if (idx / "manifest.json").exists() else {}
     if not info.get("complete"):
         t = time.perf_counter()
@@ -52,18 +71,22 @@ def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec:
     queries = list(read_queries(folder))
     depth = min(depth, index_info(idx)["num_docs"])  # adi has 82 documents
     results = {}
-    for candidates, rerank in systems:
+    for candidates, rerank, alpha in systems:
         t = time.perf_counter()
-        cfg = SearchConfig(candidates=candidates, rerank=rerank, depth=depth, scorer=ScorerConfig(dtype=dtype))
-        searcher = Searcher.open(idx, model=model, config=cfg)
+        if rerank == "maxsim" and floor is None:
+            floor = maxsim_model(model)
+        cfg = SearchConfig(candidates=candidates, rerank="none" if rerank == "none" else "mice", depth=depth,
+                           alpha=alpha, scorer=ScorerConfig(dtype=dtype))
+        searcher = Searcher.open(idx, model=floor if rerank == "maxsim" else model, config=cfg)
+        name = system_name(candidates, rerank, alpha)
         run = searcher.search_many(queries, k=min(depth, searcher.reader.num_docs))
-        run_path = work / "runs" / f"{folder.name}-{codec}-{candidates}-{rerank}.run"
+        run_path = work / "runs" / f"{folder.name}-{codec}-{candidates}-{rerank}-{alpha}.run"
         run_path.parent.mkdir(parents=True, exist_ok=True)
-        write_run(run_path, run, tag=system_name(candidates, rerank))
-        results[system_name(candidates, rerank)] = evaluate(run_path, folder, METRICS)
-        log(f"[{folder.name}] {system_name(candidates, rerank):14s} "
-            + "  ".join(f"{m} {v:.4f}" for m, v in results[system_name(candidates, rerank)].items())
-            + f"  ({time.perf_counter() - t:.1f}s, {len(queries)} queries)")
+        write_run(run_path, run, tag=name)
+        results[name] = evaluate(run_path, folder, METRICS)
+        log(f"[{folder.name}] {name:28s} "
+            + "  ".join(f"{m} {v:.4f}" for m, v in results[name].items())
+            + f"  ({time.perf_counter() - t:.1f}s, {len(queries)} queries, α in use {searcher.alpha:g})")
     return results
 
 
@@ -89,8 +112,8 @@ def main() -> None:
     p.add_argument("--codec", default="fp16")
     p.add_argument("--depth", type=int, default=100)
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--systems", default="bm25,dense,hybrid,bm25>mice,dense>mice,hybrid>mice",
-                   help="comma list of CANDIDATES or CANDIDATES>mice")
+    p.add_argument("--systems", default=DEFAULT_SYSTEMS,
+                   help="comma list of CANDIDATES or CANDIDATES>mice|maxsim[@ALPHA] (no @: the model's alpha)")
     p.add_argument("--work", type=Path, default=Path("out/beir"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()

@@ -228,3 +228,48 @@ def test_fingerprint_ignores_tokenizer_call_state(tmp_path, tiny_bert_dir):
     assert MiceModel.load(used.save(tmp_path / "saved")).fingerprint() == fresh.fingerprint()
     other = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=1, num_interaction_layers=1)
     assert other.fingerprint() != fresh.fingerprint()  # a different ℓ* means different states
+
+
+def _maxsim_by_hand(model, query, doc):
+    """ColBERT MaxSim over layer-ℓ* states, written out token by token ([CLS]/[SEP] excluded)."""
+    with torch.inference_mode():
+        q, _ = model.encode_queries([query])
+        d = model.encode_documents([doc])[0]
+    q, d = q[0, 1:-1], d[1:-1]
+    return sum(max(float(torch.dot(qi, dj) / (qi.norm() * dj.norm())) for dj in d) for qi in q)
+
+
+def test_maxsim_head_starts_as_parameter_free_maxsim(minilm_dir):
+    model = MiceModel.from_pretrained(minilm_dir, score_head="cls+maxsim")
+    assert model.config.score_head == "cls+maxsim" and not model.interaction.head.weight.any()
+    docs = SENTENCES[:4]
+    got = model.score_texts("how do bees make honey", docs)
+    want = torch.tensor([_maxsim_by_hand(model, "how do bees make honey", d) for d in docs])
+    torch.testing.assert_close(got, want + model.interaction.head.bias, atol=1e-4, rtol=1e-5)
+
+
+def test_maxsim_head_trained_weights_survive_save_load(tmp_path, tiny_bert_dir):
+    model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=2, num_interaction_layers=2, score_head="cls+maxsim")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.interaction.late.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    before = model.score_texts("bread", SENTENCES[:3])
+    loaded = MiceModel.from_pretrained(model.save(tmp_path / "ckpt"))
+    assert loaded.config.score_head == "cls+maxsim"
+    assert torch.equal(loaded.score_texts("bread", SENTENCES[:3]), before)
+
+
+def test_paper_head_is_default_and_has_no_late_term(tmp_path, tiny_bert_dir, minilm_dir):
+    kw = dict(fusion_layer=2, num_interaction_layers=2)
+    assert MiceModel.from_pretrained(tiny_bert_dir, **kw).interaction.late is None
+    write_tiny_bert(tmp_path / "ce", minilm_dir, cross_encoder=True, seed=3)
+    assert MiceModel.from_pretrained(tmp_path / "ce", **kw).config.score_head == "cls"
+    with pytest.raises(ModelError, match="score_head"):
+        MiceModel.from_pretrained(tiny_bert_dir, score_head="mean", **kw)
+
+
+def test_maxsim_ignores_empty_documents(tiny_bert_dir):
+    model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=2, num_interaction_layers=2, score_head="cls+maxsim")
+    s = model.score_texts("bread", ["", "fresh bread"])  # "" is [CLS] [SEP]: no inner token
+    assert torch.isfinite(s).all() and float(s[0]) == pytest.approx(float(model.interaction.head.bias.detach()), abs=1e-6)

@@ -82,7 +82,9 @@ def test_token_batches_respect_budget():
 @pytest.mark.parametrize("query_words", [2, 30])  # 4 heads × tokens < 32 hidden: absorbed path; else standard
 @pytest.mark.parametrize("pair_query", [[2, 0, 1, 0, 2], [0, 0, 1, 2, 2]])  # scattered / in runs
 @pytest.mark.parametrize("max_runs", [16, 0])  # a product per run of one query's pairs / one batched product
-def test_inference_path_equals_model(tiny_bert_dir, layers, query_words, pair_query, max_runs, monkeypatch):
+@pytest.mark.parametrize("score_head", ["cls", "cls+maxsim"])
+def test_inference_path_equals_model(tiny_bert_dir, layers, query_words, pair_query, max_runs, score_head,
+                                     monkeypatch):
     """fast.score_pairs (query work shared, absorbed cross-attention) == Interaction.forward."""
     from mice_index.model import MiceModel, pad_states
     from mice_index.scorer import fast
@@ -91,7 +93,7 @@ def test_inference_path_equals_model(tiny_bert_dir, layers, query_words, pair_qu
     monkeypatch.setattr(fast, "MAX_RUNS", max_runs)
 
     model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=1, num_interaction_layers=layers,
-                                      max_query_length=64)
+                                      max_query_length=64, score_head=score_head)
     torch.manual_seed(1)
     with torch.no_grad():  # a random init scores every pair alike, and HF's biases are zero:
         for name, p in model.interaction.named_parameters():  # spread scores, give biases values

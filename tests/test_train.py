@@ -312,3 +312,27 @@ threads = 1
     assert (tmp_path / "cli-out" / "model" / "model.safetensors").exists()
     bad = CliRunner().invoke(app, ["train", "--config", str(cfg), "--set", "train.loss=mse"])
     assert bad.exit_code != 0 and isinstance(bad.exception, MiceIndexError)
+
+
+def test_ict_cuts_the_pseudo_query_out_of_its_source(route, tmp_path):
+    """Inverse Cloze Task: the positive is re-encoded without the query's words; other kinds,
+    negatives and evaluation are untouched; states equal what the frozen bottom stores."""
+    from mice_index.train.data import Example
+
+    cfg = route(data={"ict": 1.0}, model={"score_head": "cls+maxsim"})
+    trainer = Trainer(cfg)
+    model, data = trainer.prepare()
+    text = data.corpora[0].texts[3]
+    query = " ".join(text.split()[12:17])  # (the corpus repeats a text's first 8 words at its end)
+    batch = [Example(query, 0, (3, 5), (2.0, 1.0), frozenset([3]), "span"),
+             Example(query, 0, (3, 5), (2.0, 1.0), frozenset([3]), "keywords"),
+             Example("no such words here", 0, (3, 5), (2.0, 1.0), frozenset([3]), "sentence")]
+    cut = trainer._cloze(data, batch, L=2)
+    assert list(cut) == [0]  # only the span example's positive (pair 0); not found -> untouched
+    assert query not in cut[0] and cut[0] == " ".join(text.split()[:12] + text.split()[17:])
+    full = trainer._bottom_states(model, text)
+    np.testing.assert_allclose(full.numpy(), data.corpora[0].states.get(3).astype(np.float32), atol=2e-2)
+    assert Trainer(route(data={"ict": 0.0}))._cloze(data, batch, L=2) == {}
+    res = trainer.train(model, data)  # trains with the cut positives
+    assert res.steps == cfg.train.steps and math.isfinite(res.history[-1]["loss"])
+    assert model.interaction.late is not None and model.config.score_head == "cls+maxsim"

@@ -7,7 +7,7 @@ Documents are integer rows 0..N-1 in corpus order; results are :class:`Candidate
 from mice_index.candidates.base import CandidateGenerator, Candidates
 from mice_index.candidates.bm25 import BM25Config, BM25Index
 from mice_index.candidates.dense import DenseConfig, DenseIndex, DenseIndexBuilder
-from mice_index.candidates.hybrid import HybridConfig, fuse
+from mice_index.candidates.hybrid import HybridConfig, fuse, interpolate
 
 __all__ = [
     "BM25Config",
@@ -19,4 +19,5 @@ __all__ = [
     "DenseIndexBuilder",
     "HybridConfig",
     "fuse",
+    "interpolate",
 ]

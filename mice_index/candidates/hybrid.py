@@ -106,3 +106,17 @@ def fuse(
         out.rows[q, : order.size] = union[order]
         out.scores[q, : order.size] = fused[order]
     return out
+
+
+def interpolate(first_stage: np.ndarray, reranker: np.ndarray, alpha: float) -> np.ndarray:
+    """Score interpolation of one query's candidate list (a standard re-ranking practice):
+    ``alpha · z(first_stage) + (1 − alpha) · z(reranker)``, z-normalised over the list
+    (std 0 -> all 0). Both arrays [N], aligned; returns float64 [N]. alpha = 0 returns the
+    re-ranker's scores unchanged (pure re-ranking), alpha = 1 the first stage's z-scores."""
+    if not 0.0 <= alpha <= 1.0:
+        raise SearchError(f"--alpha must be in [0, 1], got {alpha}")
+    reranker = np.asarray(reranker, dtype=np.float64)
+    if alpha == 0.0 or reranker.size == 0:
+        return reranker
+    first = _zscore(np.asarray(first_stage, dtype=np.float64), 0)[0]
+    return alpha * first + (1.0 - alpha) * _zscore(reranker, 0)[0]

@@ -37,6 +37,9 @@ def search_command(
     depth: Annotated[Optional[int], typer.Option("--depth", help="Candidates per query re-ranked by MICE "
                                                  "[default: min(100, corpus size)].")] = None,
     rerank: Annotated[str, typer.Option("--rerank", help=f"Re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
+    alpha: Annotated[Optional[float], typer.Option(
+        "--alpha", help="Interpolation weight of the first-stage score: alpha·z(first stage) + "
+        "(1−alpha)·z(MICE) per query; 0 = pure MICE [default: the model's recommended alpha].")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="MICE model [default: the index's model].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto|fp32|bf16 for MICE scoring.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
@@ -49,7 +52,7 @@ def search_command(
         raise SearchError("--queries needs --run FILE to write the TREC run to")
     if dtype not in ("auto", "fp32", "bf16") or device not in ("auto", "cpu", "cuda"):
         raise SearchError(f"--dtype must be auto|fp32|bf16 and --device auto|cpu|cuda (got {dtype}, {device})")
-    config = SearchConfig(candidates=candidates, depth=depth, rerank=rerank,
+    config = SearchConfig(candidates=candidates, depth=depth, rerank=rerank, alpha=alpha,
                           scorer=ScorerConfig(dtype=dtype, device=device))
     if query is not None:
         if not query.strip():

@@ -15,6 +15,8 @@ exactly, for many (query, document) pairs at inference time:
    value bias passes through unchanged because the weights sum to 1. Longer queries take the
    standard path.
 3. The [CLS] row never cross-attends, so only the query-token rows go through cross-attention.
+4. The "cls+maxsim" head's late-interaction term projects and weights each query's tokens once,
+   then needs one [Tq,Td] product of cosines per pair (documents are only L2-normalised).
 
 tests/test_scorer.py checks both paths against `Interaction.forward`.
 """
@@ -22,8 +24,9 @@ tests/test_scorer.py checks both paths against `Interaction.forward`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from mice_index.model import Attention, Interaction, key_padding_mask, query_self_mask
+from mice_index.model import Attention, Interaction, LateInteraction, key_padding_mask, query_self_mask
 
 __all__ = ["score_pairs"]
 
@@ -39,8 +42,9 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
     self_mask = query_self_mask(q_mask, q.dtype)  # [Q,1,Tq,Tq]
     keys_mask = key_padding_mask(d_mask, q.dtype)[:, 0, 0]  # [P,Td] additive
     docs = docs.to(q.dtype)
+    late = _late(inter.late, q, q_mask, pair_query, docs, d_mask) if inter.late is not None else 0.0
     if len(inter.layers) == 1:  # the [CLS] of a single interaction layer never sees the document
-        return inter.score_cls(q, self_mask)[pair_query]
+        return inter.score_cls(q, self_mask)[pair_query] + late
     first, *middle = inter.layers[:-1]
     x = first.self_attn(q, q, self_mask)  # once per query
     x = first.ffn(_cross(first.cross_attn, x, pair_query, docs, keys_mask))  # per pair from here
@@ -49,7 +53,15 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
     for layer in middle:
         x = layer.self_attn(x, x, pair_self_mask)
         x = layer.ffn(_cross(layer.cross_attn, x, every, docs, keys_mask))
-    return inter.score_cls(x, pair_self_mask)
+    return inter.score_cls(x, pair_self_mask) + late
+
+
+def _late(late: LateInteraction, q: torch.Tensor, q_mask: torch.Tensor, pair_query: torch.Tensor,
+          docs: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
+    """The late-interaction term for P pairs: query side once per query, one product per pair -> [P]."""
+    qn, w = late.query(q, q_mask)  # [Q,Tq,D], [Q,Tq]
+    sim = torch.matmul(qn[pair_query], F.normalize(docs, dim=-1).transpose(1, 2))  # [P,Tq,Td]
+    return LateInteraction.combine(sim, w[pair_query], d_mask)
 
 
 def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Tensor,

@@ -33,6 +33,8 @@ class ModelSpec:
     max_query_length: int = 32
     max_doc_length: int = 256
     base_model: str | None = None  # recorded for delta checkpoints; default: `init` when it is an HF model
+    score_head: str = "cls"  # "cls" (the paper's) or "cls+maxsim" (MaxSim-initialised late-interaction term)
+    train_codec: str | None = None  # train on states round-tripped through this codec (e.g. "compact")
     save_dtype: Literal["fp32", "fp16"] = "fp32"  # weights of the final model file (fp16 halves a shipped model)
 
 
@@ -59,6 +61,9 @@ class DataSpec:
     hard_negatives: int = 7  # of list_size - 1 negatives, this many from the top of the fused list
     dev_candidates: int = 20  # candidates re-ranked per dev query
     require_source_in_candidates: bool = True  # drop pseudo-queries whose source doc is not mined
+    # Inverse Cloze Task (Lee et al., ACL 2019): share of pseudo-queries whose words are cut out of
+    # their source document (title, sentence and span kinds), so matching must go beyond copy detection
+    ict: float = 0.0
     pseudo: PseudoSpec = field(default_factory=PseudoSpec)
 
 
@@ -80,6 +85,7 @@ class OptimSpec:
     grad_accum: int = 1
     lr: float = 2e-4  # interaction layers (and bottom when unfrozen)
     head_lr: float = 1e-3  # pooler + head
+    late_lr: float | None = None  # the "cls+maxsim" late-interaction term (no weight decay); None: lr
     weight_decay: float = 0.01
     warmup: int = 50
     max_grad_norm: float = 1.0

@@ -119,3 +119,20 @@ def load_or_encode(model: MiceModel, doc_ids: list[str], texts: list[str], cache
         (folder / "meta.json").write_text(json.dumps({"fingerprint": fp, "ids_hash": _ids_hash(doc_ids),
                                                       "num_docs": len(doc_ids), "dim": flat.shape[1]}))
     return CorpusStates(list(doc_ids), flat, offsets, dense, fp)
+
+
+def round_trip(states: CorpusStates, codec_name: str, fit_tokens: int = 100_000, seed: int = 0,
+               chunk_tokens: int = 65_536) -> CorpusStates:
+    """The same corpus with every state encoded and decoded by `codec_name`, fitted as `build`
+    fits it (on the corpus's first `fit_tokens` tokens): what a model sees through an index of that
+    codec. Used to train codec-aware models (`model.train_codec`) and to measure codec loss."""
+    from mice_index.codec import make_codec
+
+    codec = make_codec(codec_name, dim=states.flat.shape[1])
+    if codec.needs_fit:
+        codec.fit(np.asarray(states.flat[:fit_tokens], dtype=np.float32), seed=seed)
+    flat = np.empty(states.flat.shape, dtype=np.float16)
+    for a in range(0, flat.shape[0], chunk_tokens):
+        x = np.asarray(states.flat[a:a + chunk_tokens], dtype=np.float32)
+        flat[a:a + len(x)] = codec.decode(codec.encode(x))
+    return CorpusStates(states.doc_ids, flat, states.offsets, states.dense, states.fingerprint)

@@ -29,7 +29,7 @@ from mice_index.model import CONFIG_NAME, DenseTower, MiceModel, pad_states
 from mice_index.train.config import TrainConfig
 from mice_index.train.data import Corpus, Example, TrainingSet, _seed, build_training_set
 from mice_index.train.loss import compute_loss
-from mice_index.train.states import encode_corpus, load_or_encode
+from mice_index.train.states import encode_corpus, load_or_encode, round_trip
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def init_model(cfg: TrainConfig) -> MiceModel:
         model = MiceModel.load(path)
     else:
         model = MiceModel.from_pretrained(path, fusion_layer=m.fusion_layer, num_interaction_layers=m.num_interaction_layers,
-                                          max_query_length=m.max_query_length, max_doc_length=m.max_doc_length)
+                                          max_query_length=m.max_query_length, max_doc_length=m.max_doc_length,
+                                          score_head=m.score_head)
         model = model.with_config(base_model=m.base_model or m.init)
     if m.base_model and model.config.base_model != m.base_model:
         model = model.with_config(base_model=m.base_model)
@@ -120,6 +121,8 @@ class Trainer:
                     corpus.states = st
                 else:
                     corpus.states.dense = st.dense
+            if cfg.model.train_codec:  # codec-aware: the model learns from what an index will return
+                corpus.states = round_trip(corpus.states, cfg.model.train_codec)
             self._say(f"{corpus.name}: {len(corpus.doc_ids)} documents ready ({time.time() - t0:.0f}s)")
 
         data = build_training_set(cfg, model, (dense_model, tower), attach)
@@ -144,13 +147,44 @@ class Trainer:
             q, q_mask = model.encode_queries([e.query for e in batch])
         pairs = [(e.corpus, e.rows[min(j, len(e.rows) - 1)]) for e in batch for j in range(L)]
         if frozen:
-            docs, d_mask = pad_states([data.corpora[c].states.tensors([r])[0] for c, r in pairs])
+            states = [data.corpora[c].states.tensors([r])[0] for c, r in pairs]
+            for i, text in (self._cloze(data, batch, L) if model.training else {}).items():  # ICT positives
+                states[i] = self._bottom_states(model, text)
+            docs, d_mask = pad_states(states)
         else:
             ids, d_mask = model.tokenize([data.corpora[c].texts[r] for c, r in pairs], model.config.max_doc_length)
             docs = model.encode_document_batch(ids, d_mask)
         s = model.interaction(q.repeat_interleave(L, 0), q_mask.repeat_interleave(L, 0), docs, d_mask)
         mask = torch.tensor([[j < len(e.rows) for j in range(L)] for e in batch])
         return s.view(len(batch), L), mask
+
+    def _cloze(self, data: TrainingSet, batch: list[Example], L: int) -> dict[int, str]:
+        """{pair index: source document text without the pseudo-query} for the ICT share of `batch`."""
+        share = self.cfg.data.ict
+        out = {}
+        for b, e in enumerate(batch):
+            if share <= 0 or e.kind not in ("title", "sentence", "span") or e.rows[0] not in e.relevant:
+                continue
+            if _seed(self.cfg.train.seed, "ict", e.query) % 10_000 >= share * 10_000:
+                continue
+            text = " ".join(data.corpora[e.corpus].texts[e.rows[0]].split())
+            query = " ".join(e.query.split())
+            at = text.find(query)
+            rest = " ".join((text[:at] + text[at + len(query):]).split()) if at >= 0 else ""
+            if len(rest.split()) >= 3:
+                out[b * L] = rest
+        return out
+
+    @staticmethod
+    def _bottom_states(model: MiceModel, text: str) -> torch.Tensor:
+        """Layer-ℓ* states [T,D] of one document, as the (frozen, eval-mode) bottom stores them."""
+        was = model.bottom.training
+        model.bottom.eval()
+        with torch.no_grad():
+            ids, mask = model.tokenize([text], model.config.max_doc_length)
+            states = model.encode_document_batch(ids, mask)[0, : int(mask.sum())]
+        model.bottom.train(was)
+        return states.float()
 
     def teacher_scores(self, batch: list[Example]) -> torch.Tensor:
         L = max(len(e.rows) for e in batch)
@@ -190,13 +224,18 @@ class Trainer:
         frozen = self.cfg.model.freeze_bottom
         for p in model.bottom.parameters():
             p.requires_grad_(not frozen)
-        head = [p for n, p in model.interaction.named_parameters() if n.startswith(("head.", "pooler."))]
-        body = [p for n, p in model.interaction.named_parameters() if not n.startswith(("head.", "pooler."))]
+        named = list(model.interaction.named_parameters())
+        head = [p for n, p in named if n.startswith(("head.", "pooler."))]
+        late = [p for n, p in named if n.startswith("late.")]
+        body = [p for n, p in named if not n.startswith(("head.", "pooler.", "late."))]
         if not frozen:
             body += list(model.bottom.parameters())
-        return torch.optim.AdamW([{"params": body, "lr": o.lr, "base_lr": o.lr},
-                                  {"params": head, "lr": o.head_lr, "base_lr": o.head_lr}],
-                                 weight_decay=o.weight_decay)
+        late_lr = o.lr if o.late_lr is None else o.late_lr
+        groups = [{"params": body, "lr": o.lr, "base_lr": o.lr},
+                  {"params": head, "lr": o.head_lr, "base_lr": o.head_lr}]
+        if late:  # MaxSim's identity projection and unit weights are not pulled towards zero
+            groups.append({"params": late, "lr": late_lr, "base_lr": late_lr, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, weight_decay=o.weight_decay)
 
     def _lr_factor(self, step: int) -> float:
         o = self.cfg.train
