@@ -46,7 +46,7 @@ def select_score(result: dict, dev: RealDev, criterion: str) -> tuple[float, flo
 
 def save_best(model, out: Path, alpha: float, step: int, criterion: str, dev_names: list[str], depth: int) -> None:
     note = (f"chosen on the real queries of {', '.join(dev_names)} (read-only dev set): the alpha in "
-            f"{{0, 0.2..0.8}} with the best average nDCG@10 of hybrid top-{depth} -> MICE, at training "
+            f"{{0, 0.2..0.9}} with the best average nDCG@10 of hybrid top-{depth} -> MICE, at training "
             f"step {step} (selected by '{criterion}'; benchmarks/train_curve.py)")
     best = model.with_config(recommended_alpha=alpha, recommended_alpha_note=note)
     tmp = out / "best.tmp"

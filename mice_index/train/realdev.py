@@ -32,7 +32,7 @@ from mice_index.scorer.fast import score_pairs
 from mice_index.sources import read_qrels, read_queries
 from mice_index.train.states import round_trip
 
-ALPHAS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+ALPHAS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
