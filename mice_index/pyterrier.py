@@ -13,8 +13,8 @@ docno) pairs from the index's stored states. Ranks start at 0, as everywhere in 
 Frames follow the project's rules (README → Rules): ranked by score descending, equal scores by
 docno ascending, and scores made strictly decreasing down each query's list (a tie becomes the next
 float32 below the score above it, `mice_index.runs.trec.strictly_decreasing`) so that evaluation,
-which sorts by score alone, reads the frame's ranks; k and depth above the corpus size are clipped with one warning; a document whose id equals
-the qid is left out only with `remove_query_id=True`.
+which sorts by score alone, reads the frame's ranks; k and depth above the corpus size are clipped
+with one warning; a document whose id equals the qid is left out only with `remove_query_id=True`.
 """
 
 from __future__ import annotations

@@ -273,3 +273,68 @@ def test_cli_remove_query_flag(indexes, tmp_path, monkeypatch, capsys):
     code, out = _cli(monkeypatch, capsys, "search", "--index", indexes["selfid"], "--query", "bees",
                      "--remove-query", "--rerank", "none")
     assert code == 2 and "--remove-query applies to --queries" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+# -- the same rules through PyTerrier ---------------------------------------------------------------
+
+def _frame_to_run(res) -> list[ir_measures.ScoredDoc]:
+    return [ir_measures.ScoredDoc(str(q), str(d), float(s)) for q, d, s in zip(res["qid"], res["docno"], res["score"])]
+
+
+def test_pyterrier_k_and_depth_clipped_once(indexes, caplog):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyterrier")
+    from mice_index.pyterrier import MiceReranker, MiceRetriever
+
+    searcher = _open(indexes, "idx3", candidates="dense", rerank="none")
+    frame = pd.DataFrame({"qid": ["a", "b"], "query": ["why are there tides", "night trains"]})
+    assert len(MiceRetriever(searcher).transform(frame)) == 6 and _warnings(caplog) == []  # defaults: silent
+    retriever = MiceRetriever(searcher, k=50, depth=40)
+    assert _warnings(caplog) == ["--depth 40 is larger than the corpus (3 documents); using --depth 3",
+                                 "k 50 is larger than the corpus (3 documents); using k 3"]
+    for _ in range(2):
+        res = retriever.transform(frame)
+        assert res.groupby("qid").size().to_dict() == {"a": 3, "b": 3}
+    assert len(_warnings(caplog)) == 2  # warned at construction only
+    reranked = MiceReranker(indexes["idx3"], model=indexes["model"], scorer=FP32).transform(res)
+    assert sorted(reranked["docno"]) == sorted(res["docno"]) and len(_warnings(caplog)) == 2
+
+
+@pytest.mark.parametrize("qids", [["1", "2"], [1, 2]])
+def test_pyterrier_qids_equal_to_doc_ids(indexes, qids):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyterrier")
+    from mice_index.pyterrier import MiceRetriever
+
+    queries = list(read_queries(FIXTURES / "selfid-queries.jsonl"))
+    frame = pd.DataFrame({"qid": qids, "query": [q.text for q in queries]})
+    searcher = _open(indexes, "selfid", candidates="bm25", rerank="none")
+    res = MiceRetriever(searcher).transform(frame)
+    top = res[res["rank"] == 0]
+    assert [str(d) for d in top["docno"]] == ["1", "2"] and top["qid"].tolist() == qids
+    qrels = list(ir_measures.read_trec_qrels(str(FIXTURES / "selfid-qrels.trec")))
+    assert ir_measures.calc_aggregate([P @ 1], qrels, _frame_to_run(res))[P @ 1] == 1.0
+    removed = MiceRetriever(searcher, remove_query_id=True, candidates="dense").transform(frame)
+    pairs = set(zip(removed["qid"].astype(str), removed["docno"]))
+    assert pairs and ("1", "1") not in pairs and ("2", "2") not in pairs
+
+
+def test_pyterrier_frames_follow_the_tie_rule(indexes):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyterrier")
+    from mice_index.pyterrier import MiceRetriever, _ranked
+
+    searcher = _open(indexes, "ties", candidates="hybrid", rerank="none")
+    res = MiceRetriever(searcher).transform(pd.DataFrame({"qid": ["1"], "query": [OWLS]}))
+    assert res["docno"].tolist()[:2] == ["aa", "zz"] and res["rank"].tolist() == [0, 1, 2, 3]
+    assert res["docno"].tolist() == [d.doc_id for d in searcher.search_many([Query("1", OWLS)])["1"]]
+    assert res["score"].is_monotonic_decreasing and res["score"].is_unique  # evaluation reads these ranks
+    for relevant, p1, rr in (("zz", 0.0, 0.5), ("aa", 1.0, 1.0)):
+        got = ir_measures.calc_aggregate([P @ 1, RR @ 10], [ir_measures.Qrel("1", relevant, 1)], _frame_to_run(res))
+        assert (got[P @ 1], got[RR @ 10]) == (p1, rr)
+    # a re-ranker's frame with tied scores, given in another order: docno ascending within each query
+    tied = pd.DataFrame({"qid": ["x", "x", "x", "y", "y"], "docno": ["zz", "b", "aa", "k", "c"],
+                         "score": [1.0, 0.5, 1.0, 2.0, 2.0]})
+    got = _ranked(tied)
+    assert got["docno"].tolist() == ["aa", "zz", "b", "c", "k"] and got["rank"].tolist() == [0, 1, 2, 0, 1]
+    assert got["score"].iloc[0] == 1.0 and 0.5 < got["score"].iloc[1] < 1.0 and got["score"].iloc[2] == 0.5

@@ -52,10 +52,10 @@ def evaluate(
     order given. Each query's results are ranked by the project's one rule (score descending, equal
     scores by doc id ascending) and handed to ir_measures with scores that state exactly those
     ranks, so every measure (whichever ir_measures backend computes it) reads the same ranking.
-    Averages follow ir_measures: over all judged queries, a judged query without
-    results counting as 0 (logged as a warning); run queries without judgements are ignored. Raises MetricError for an unknown
-    name, RunError if run and qrels share no query id, or if `known_doc_ids` is given and the run
-    names documents outside it.
+    Averages follow ir_measures: over all judged queries, a judged query without results counting
+    as 0 (logged as a warning); run queries without judgements are ignored. Raises MetricError for
+    an unknown name, RunError if run and qrels share no query id, or if `known_doc_ids` is given
+    and the run names documents outside it.
     """
     names = [metrics] if isinstance(metrics, str) else [str(m).strip() for m in metrics]
     measures = parse_metrics(names)
