@@ -183,9 +183,9 @@ class Searcher:
             mice = self._scorer.score([q.text for q in queries], [r for r, _ in lists])
             alpha = self.alpha
             lists = [(rows, interpolate(first, s, alpha)) for (rows, first), s in zip(lists, mice)]
-        out = {}
+        out, doc_ids = {}, self.reader.doc_ids
         for q, (rows, scores) in zip(queries, lists):
-            ids = [self.reader.doc_id(int(r)) for r in rows]
+            ids = [doc_ids[int(r)] for r in rows]  # rows come from the candidate generators: valid
             order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), ids[j]))[:k]
             out[q.query_id] = [(int(rows[j]), float(scores[j])) for j in order]
         return out
