@@ -99,7 +99,7 @@ def main() -> None:
     model = load_model(args.model)
     idx = ensure_index(args.collection, args.work / f"{args.collection.name}-fp16", "fp16", model)
     searcher = Searcher.open(idx, model=model, config=SearchConfig(candidates=args.candidates, rerank="none",
-                                                                  depth=args.depth))
+                                                                  depth=args.depth, remove_query_id=True))
     queries = list(read_queries(args.collection))
     first = searcher.search_many(queries, k=args.depth)
     rows = {qid: [searcher.reader.row_of(d.doc_id) for d in docs] for qid, docs in first.items()}

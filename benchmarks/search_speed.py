@@ -50,7 +50,7 @@ def scaled_corpus(folder: Path, out: Path, scale: int) -> Path:
 def pairs_per_second(args, model, queries) -> dict:
     name = args.collection.name
     base = Searcher.open(ensure_index(args.collection, args.work / f"{name}-fp16", "fp16", model), model=model,
-                         config=SearchConfig(rerank="none", depth=args.depth))
+                         config=SearchConfig(rerank="none", depth=args.depth, remove_query_id=True))
     cands = [[r for r, _ in base._search_batch([q], args.depth)[q.query_id]] for q in queries]
     n_pairs = sum(map(len, cands))
     texts = [[model.format_document(*base.reader.texts([r])[0]) for r in rows] for rows in cands]

@@ -9,6 +9,12 @@
 Both are thin shells over `mice_index.search.Searcher` and `mice_index.scorer.MiceScorer`: the
 retriever returns what `Searcher.search_many` returns, the re-ranker scores the incoming (qid,
 docno) pairs from the index's stored states. Ranks start at 0, as everywhere in PyTerrier.
+
+Frames follow the project's rules (README → Rules): ranked by score descending, equal scores by
+docno ascending, and scores made strictly decreasing down each query's list (a tie becomes the next
+float32 below the score above it, `mice_index.runs.trec.strictly_decreasing`) so that evaluation,
+which sorts by score alone, reads the frame's ranks; k and depth above the corpus size are clipped
+with one warning; a document whose id equals the qid is left out only with `remove_query_id=True`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.scorer import MiceScorer, ScorerConfig
 from mice_index.candidates import interpolate
-from mice_index.search import SearchConfig, Searcher, checked_model, resolve_alpha
+from mice_index.runs.trec import strictly_decreasing
+from mice_index.search import SearchConfig, Searcher, checked_model, clipped, resolve_alpha
 from mice_index.sources import Query
 from mice_index.store import IndexReader
 
@@ -66,23 +73,33 @@ def _searcher(index: str | Path | Searcher, model: MiceModel | str | None, optio
 
 
 def _ranked(frame: pd.DataFrame) -> pd.DataFrame:
-    """PyTerrier ranks (0 = best, ties in input order), rows sorted by query (input order) then rank."""
-    frame = pt.model.add_ranks(frame)
-    query_order = pd.factorize(frame["qid"])[0]
-    return frame.iloc[np.lexsort((frame["rank"].to_numpy(), query_order))].reset_index(drop=True)
+    """Rows sorted by query (input order), then score descending, equal scores by docno ascending;
+    ranks from 0 in that order; scores made strictly decreasing within each query (ties only)."""
+    if frame.empty:
+        return frame.assign(rank=pd.Series(dtype=np.int64))
+    keys = pd.DataFrame({"query": pd.factorize(frame["qid"])[0], "score": -frame["score"].to_numpy(),
+                         "docno": frame["docno"].astype(str).to_numpy()})
+    order = keys.sort_values(["query", "score", "docno"], kind="mergesort").index.to_numpy()
+    frame = frame.iloc[order].reset_index(drop=True)
+    groups = frame.groupby(pd.factorize(frame["qid"])[0], sort=False)
+    frame["rank"] = groups.cumcount().to_numpy() + pt.model.FIRST_RANK
+    frame["score"] = np.concatenate([strictly_decreasing(g) for _, g in groups["score"]])
+    return frame
 
 
 class MiceRetriever(pt.Transformer):
     """Queries (qid, query) -> results (qid, query, docno, score, rank): `Searcher.search_many`.
 
-    `index` is an index folder or an open `Searcher`; `k` results per query (None: the depth);
-    other keywords are `SearchConfig` fields (candidates="bm25"|"dense"|"hybrid", depth=100,
-    rerank="mice"|"none", scorer=ScorerConfig(...), ...). Other input columns are kept."""
+    `index` is an index folder or an open `Searcher`; `k` results per query (None: the depth; above
+    the corpus size: clipped, with one warning); other keywords are `SearchConfig` fields
+    (candidates="bm25"|"dense"|"hybrid", depth=100, rerank="mice"|"none", scorer=ScorerConfig(...),
+    remove_query_id=False: True leaves out a document whose docno equals the qid, as BEIR's arguana
+    and quora need). Other input columns are kept."""
 
     def __init__(self, index: str | Path | Searcher, k: int | None = None, *,
                  model: MiceModel | str | None = None, **options):
         self.searcher = _searcher(index, model, options)
-        self.k = k
+        self.k = None if k is None else clipped("k", k, k, self.searcher.reader.num_docs)
 
     def __repr__(self) -> str:
         c = self.searcher.config

@@ -27,7 +27,7 @@ from mice_index.sources import Query
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "resolve_alpha"]
+__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "resolve_alpha"]
 
 CANDIDATES = ("bm25", "dense", "hybrid")
 DEFAULT_DEPTH = 100
@@ -37,11 +37,15 @@ RERANKERS = ("mice", "none")
 @dataclass(frozen=True)
 class SearchConfig:
     candidates: Literal["bm25", "dense", "hybrid"] = "hybrid"
-    depth: int | None = None  # candidates per query handed to the re-ranker; None: min(100, corpus)
+    # candidates per query handed to the re-ranker; None: min(100, corpus); above the corpus size:
+    # clipped to it with one warning
+    depth: int | None = None
     rerank: Literal["mice", "none"] = "mice"
     hybrid: HybridConfig = HybridConfig()
     scorer: ScorerConfig = ScorerConfig()
-    remove_query_id: bool = True  # skip a document whose id equals the query id (Pyserini --remove-query)
+    # batch mode only (search_many): drop a document whose id equals the query id (Pyserini's
+    # --remove-query; BEIR's arguana and quora need it). Never applied to a single query (search).
+    remove_query_id: bool = False
     query_batch: int = 16  # queries scored together in batch mode
     # interpolation weight of the first-stage score: alpha·z(first stage) + (1−alpha)·z(MICE), per
     # query over its candidates; 0 = pure MICE; None = the model's recommended_alpha (else 0)
@@ -69,15 +73,16 @@ class Hit:
 
 
 class Searcher:
-    """Searches one index. Open with `Searcher.open(index_dir, model=None, config=...)`."""
+    """Searches one index. Open with `Searcher.open(index_dir, model=None, config=...)`.
+
+    Rules (README → Rules): a default k or depth is clipped to the corpus size silently, an explicit
+    one above it is clipped with one warning; every ranked list is ordered by score descending, equal
+    scores by doc id ascending (code-point order); a document whose id equals the query id is
+    dropped only in batch mode with `SearchConfig.remove_query_id`."""
 
     def __init__(self, reader, model: MiceModel | None, config: SearchConfig, dense_query_encoder=None):
         self.reader, self.model, self.config = reader, model, config
-        n = reader.num_docs
-        if config.depth is None:
-            config = replace(config, depth=min(DEFAULT_DEPTH, n))
-        elif config.depth > n:
-            raise SearchError(f"--depth {config.depth} is larger than the corpus ({n} documents)")
+        config = replace(config, depth=clipped("--depth", config.depth, DEFAULT_DEPTH, reader.num_docs))
         self.config = config
         self._bm25 = BM25Index.load(reader.bm25_path) if config.candidates in ("bm25", "hybrid") else None
         # dense is also the fallback for queries with no BM25 term
@@ -125,19 +130,26 @@ class Searcher:
         return self.config.hybrid.fuse(bm25, dense, depth)
 
     # -- full pipeline --
-    def search(self, query: str, k: int = 10) -> list[Hit]:
-        """One query -> top-k hits (with title/text for snippets)."""
-        result = self._search_batch([Query("q", query)], k)["q"]
+    def search(self, query: str, k: int | None = None) -> list[Hit]:
+        """One query -> its top-k hits (rank from 1, with title/text for snippets), best first.
+
+        k=None: 10, clipped to the corpus size; an explicit k above it is clipped with one warning.
+        No document is ever dropped for its id (`remove_query_id` is for batch mode only)."""
+        k = clipped("--k", k, 10, self.reader.num_docs)
+        result = self._search_batch([Query("q", query)], k, remove_query_id=False)["q"]
         rows = [r for r, _ in result]
         docs = self.reader.texts(rows) if rows else []
         return [Hit(i + 1, self.reader.doc_id(r), s, r, t, x) for i, ((r, s), (t, x)) in enumerate(zip(result, docs))]
 
     def search_many(self, queries: Iterable[Query], k: int | None = None, progress=None) -> dict[str, list[ScoredDoc]]:
-        """Batch mode -> {query_id: ranked ScoredDoc list}; `progress(n_done)` is called per batch."""
+        """Batch mode -> {query_id: ranked ScoredDoc list}; `progress(n_done)` is called per batch.
+
+        k=None: the depth; an explicit k above the corpus size is clipped with one warning. With
+        `config.remove_query_id` a document whose id equals the query id is left out."""
         queries = list(queries)
         if not queries:
             raise SearchError("no queries to search")
-        k = min(self.config.depth, self.reader.num_docs) if k is None else k
+        k = clipped("--k", k, self.config.depth, self.reader.num_docs)
         run: dict[str, list[ScoredDoc]] = {}
         step = self.config.query_batch
         for i in range(0, len(queries), step):
@@ -148,27 +160,33 @@ class Searcher:
                 progress(len(batch))
         return run
 
-    def _search_batch(self, queries: Sequence[Query], k: int) -> dict[str, list[tuple[int, float]]]:
-        self._check_k(k)
+    def _search_batch(self, queries: Sequence[Query], k: int,
+                      remove_query_id: bool | None = None) -> dict[str, list[tuple[int, float]]]:
+        """{query_id: [(row, score)]}, at most min(k, depth) per query, score descending and equal
+        scores by doc id ascending; remove_query_id=None: the config's."""
+        if k <= 0:
+            raise SearchError(f"--k must be positive, got {k}")
         for q in queries:
             if not q.text.strip():
                 raise SearchError(f"query {q.query_id!r} is empty")
+        remove = self.config.remove_query_id if remove_query_id is None else remove_query_id
         depth = self.config.depth
-        extra = 1 if self.config.remove_query_id else 0  # room for the skipped self-match
+        extra = 1 if remove else 0  # room for the skipped self-match
         cands = self.candidates([q.text for q in queries], min(depth + extra, self.reader.num_docs))
         lists = []
         for q, rows, scores in zip(queries, cands.rows, cands.scores):
             keep = rows >= 0
-            if self.config.remove_query_id:
+            if remove:
                 keep &= rows != self._row_or_missing(q.query_id)
             lists.append((rows[keep][:depth], scores[keep][:depth]))
         if self._scorer is not None:
             mice = self._scorer.score([q.text for q in queries], [r for r, _ in lists])
             alpha = self.alpha
             lists = [(rows, interpolate(first, s, alpha)) for (rows, first), s in zip(lists, mice)]
-        out = {}
+        out, doc_ids = {}, self.reader.doc_ids
         for q, (rows, scores) in zip(queries, lists):
-            order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), int(rows[j])))[:k]
+            ids = [doc_ids[int(r)] for r in rows]  # rows come from the candidate generators: valid
+            order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), ids[j]))[:k]
             out[q.query_id] = [(int(rows[j]), float(scores[j])) for j in order]
         return out
 
@@ -177,12 +195,6 @@ class Searcher:
             return self.reader.row_of(doc_id)
         except IndexError_:
             return -2  # matches no row (padding is -1)
-
-    def _check_k(self, k: int) -> None:
-        if k <= 0:
-            raise SearchError(f"--k must be positive, got {k}")
-        if k > self.reader.num_docs:
-            raise SearchError(f"--k {k} is larger than the corpus ({self.reader.num_docs} documents)")
 
     def with_config(self, **changes) -> Searcher:
         return Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
@@ -194,6 +206,20 @@ def resolve_alpha(alpha: float | None, model: MiceModel | None) -> float:
         return float(alpha)
     recommended = model.config.recommended_alpha if model is not None else None
     return 0.0 if recommended is None else float(recommended)
+
+
+def clipped(option: str, value: int | None, default: int, num_docs: int) -> int:
+    """`value` (None: `default`) clipped to the corpus size: silently for the default, with one
+    warning for an explicit value, as Pyserini and bm25s do. SearchError for a value below 1."""
+    if value is None:
+        return max(1, min(default, num_docs))
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise SearchError(f"{option} must be positive, got {value!r}")
+    if value > num_docs:
+        log.warning("%s %d is larger than the corpus (%d documents); using %s %d",
+                    option, value, num_docs, option, num_docs)
+        return num_docs
+    return int(value)
 
 
 def checked_model(reader, model: MiceModel | str | None = None) -> MiceModel:

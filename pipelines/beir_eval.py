@@ -75,6 +75,7 @@ def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec:
         t = time.perf_counter()
         if rerank == "maxsim" and floor is None:
             floor = maxsim_model(model)
+        # the reference protocol (shared datasets README): a document whose id equals the query id is skipped
         cfg = SearchConfig(candidates=candidates, rerank="none" if rerank == "none" else "mice", depth=depth,
                            alpha=alpha, scorer=ScorerConfig(dtype=dtype))
         searcher = Searcher.open(idx, model=floor if rerank == "maxsim" else model, config=cfg)

@@ -67,13 +67,15 @@ def test_batch_run_and_eval(built, tmp_path):
     assert scores["R@100"] == 1.0 and scores["nDCG@10"] > 0.6  # hybrid on a topical toy corpus
 
 
-def test_query_id_equal_to_doc_id_is_skipped(built):
-    searcher = _searcher(built, candidates="bm25", rerank="none")
+def test_query_id_equal_to_doc_id_is_skipped_only_when_asked(built):
+    searcher = _searcher(built, candidates="bm25", rerank="none", remove_query_id=True)
     text = "coral bleaching algae"
     plain = searcher.search_many([Query("x", text)], k=5)["x"]
     skipped = searcher.search_many([Query(plain[0].doc_id, text)], k=5)[plain[0].doc_id]
     assert plain[0].doc_id not in [d.doc_id for d in skipped]
     assert [d.doc_id for d in skipped][:4] == [d.doc_id for d in plain][1:5]
+    kept = _searcher(built, candidates="bm25", rerank="none").search_many([Query(plain[0].doc_id, text)], k=5)
+    assert [d.doc_id for d in kept[plain[0].doc_id]] == [d.doc_id for d in plain]  # default: nothing removed
 
 
 def test_stopword_only_query_falls_back_to_dense(built, caplog):
@@ -82,19 +84,24 @@ def test_stopword_only_query_falls_back_to_dense(built, caplog):
     assert "no BM25 term" in caplog.text
 
 
-@pytest.mark.parametrize("kwargs,k,match", [
-    ({}, 0, "--k must be positive"),
-    ({}, 41, "larger than the corpus"),
-])
-def test_bad_k(built, kwargs, k, match):
-    with pytest.raises(SearchError, match=match):
-        _searcher(built, **kwargs).search("bees", k=k)
+@pytest.mark.parametrize("k", [0, -3])
+def test_bad_k(built, k):
+    with pytest.raises(SearchError, match="--k must be positive"):
+        _searcher(built).search("bees", k=k)
 
 
-@pytest.mark.parametrize("depth,match", [(0, "--depth must be positive"), (41, "larger than the corpus")])
-def test_bad_depth(built, depth, match):
-    with pytest.raises(SearchError, match=match):
-        _searcher(built, depth=depth)
+def test_k_and_depth_above_corpus_are_clipped(built, caplog):
+    searcher = _searcher(built, depth=41, rerank="none")
+    assert searcher.config.depth == 40
+    assert len(searcher.search("bees", k=41)) <= 40
+    assert [r.getMessage() for r in caplog.records if "larger than the corpus" in r.getMessage()] == [
+        "--depth 41 is larger than the corpus (40 documents); using --depth 40",
+        "--k 41 is larger than the corpus (40 documents); using --k 40"]
+
+
+def test_bad_depth(built):
+    with pytest.raises(SearchError, match="--depth must be positive"):
+        _searcher(built, depth=0)
 
 
 def test_empty_query(built):

@@ -6,7 +6,7 @@ Useful to try a model on a handful of documents; for collections, `build` once a
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Optional
 
 import torch
 import typer
@@ -16,6 +16,7 @@ from rich.table import Table
 from mice_index.cli import app
 from mice_index.defaults import load_model
 from mice_index.errors import SearchError
+from mice_index.search import clipped
 from mice_index.sources import read_documents
 
 MAX_TEXT_DOCS = 5_000  # scoring from text re-encodes every document: past this, build an index
@@ -26,14 +27,15 @@ def score_command(
     query: Annotated[str, typer.Option("--query", "-q", help="Query text.")],
     corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL file or irds:<id>.")],
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
-    k: Annotated[int, typer.Option("--k", help="How many documents to print.")] = 10,
+    k: Annotated[Optional[int], typer.Option("--k", help="How many documents to print [default: 10; "
+                                             "clipped to the corpus size].")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Score every document of a small corpus against QUERY with the MICE model, from text."""
     if not query.strip():
         raise SearchError("--query is empty")
-    if k <= 0:
+    if k is not None and k <= 0:
         raise SearchError(f"--k must be positive, got {k}")
     mice = load_model(None if model == "default" else model)
     docs = []
@@ -42,9 +44,10 @@ def score_command(
         if len(docs) > MAX_TEXT_DOCS:
             raise SearchError(f"{corpus}: more than {MAX_TEXT_DOCS} documents; `mice-index build` an index "
                               "and use `mice-index search` instead")
+    k = clipped("--k", k, 10, len(docs))
     texts = [mice.format_document(d.title, d.text) for d in docs]
     scores = torch.cat([mice.score_texts(query, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
-    order = sorted(range(len(docs)), key=lambda i: (-scores[i].item(), docs[i].doc_id))[:k]
+    order = sorted(range(len(docs)), key=lambda i: (-scores[i].item(), docs[i].doc_id))[:k]  # the tie rule
     if as_json:
         for rank, i in enumerate(order, 1):
             typer.echo(json.dumps({"rank": rank, "doc_id": docs[i].doc_id, "score": round(scores[i].item(), 6)}))

@@ -31,11 +31,11 @@ def search_command(
     queries: Annotated[Optional[str], typer.Option("--queries", help="Batch: BEIR folder, JSONL/TSV file or irds:<id>.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", help="Batch: TREC run file to write.")] = None,
     run_tag: Annotated[str, typer.Option("--run-tag", help="Tag column of the run file.")] = "mice-index",
-    k: Annotated[Optional[int], typer.Option("--k", help="Results per query [default: 10 for one query, "
-                                             "min(depth, corpus) in batch mode].")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Results per query [default: 10 for one query, the depth "
+                                             "in batch mode; clipped to the corpus size].")] = None,
     candidates: Annotated[str, typer.Option("--candidates", help=f"First stage: {'|'.join(CANDIDATES)}.")] = "hybrid",
     depth: Annotated[Optional[int], typer.Option("--depth", help="Candidates per query re-ranked by MICE "
-                                                 "[default: min(100, corpus size)].")] = None,
+                                                 "[default: 100; clipped to the corpus size].")] = None,
     rerank: Annotated[str, typer.Option("--rerank", help=f"Re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
     alpha: Annotated[Optional[float], typer.Option(
         "--alpha", help="Interpolation weight of the first-stage score: alpha·z(first stage) + "
@@ -43,6 +43,8 @@ def search_command(
     model: Annotated[Optional[str], typer.Option("--model", help="MICE model [default: the index's model].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto|fp32|bf16 for MICE scoring.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
+    remove_query: Annotated[bool, typer.Option("--remove-query", help="Batch: leave out a document whose id "
+                                               "equals the query id (BEIR arguana, quora).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON.")] = False,
 ) -> None:
     """Search an index: first-stage candidates, then MICE re-ranking over stored states."""
@@ -52,13 +54,15 @@ def search_command(
         raise SearchError("--queries needs --run FILE to write the TREC run to")
     if dtype not in ("auto", "fp32", "bf16") or device not in ("auto", "cpu", "cuda"):
         raise SearchError(f"--dtype must be auto|fp32|bf16 and --device auto|cpu|cuda (got {dtype}, {device})")
+    if remove_query and query is not None:
+        raise SearchError("--remove-query applies to --queries (batch mode) only; one --query has no query id")
     config = SearchConfig(candidates=candidates, depth=depth, rerank=rerank, alpha=alpha,
-                          scorer=ScorerConfig(dtype=dtype, device=device))
+                          remove_query_id=remove_query, scorer=ScorerConfig(dtype=dtype, device=device))
     if query is not None:
         if not query.strip():
             raise SearchError("--query is empty")
         searcher = Searcher.open(index, model=model, config=config)
-        hits = searcher.search(query, k=10 if k is None else k)
+        hits = searcher.search(query, k=k)
         if as_json:
             typer.echo(json.dumps([{"rank": h.rank, "doc_id": h.doc_id, "score": round(h.score, 6),
                                     "snippet": _snippet(h.title, h.text, 200)} for h in hits]))

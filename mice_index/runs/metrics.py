@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import ir_measures
 
 from mice_index.errors import MiceIndexError
-from mice_index.runs.trec import Results, RunError, ScoredDoc, _group, read_run
+from mice_index.runs.trec import Results, RunError, ScoredDoc, _group, ranked, read_run
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,13 @@ def evaluate(
 
     `run` is a run file path, a Mapping query_id -> results or an iterable of ScoredDoc; `qrels` a
     source accepted by read_qrels or an iterable of ir_measures.Qrel. Returns {name: value} in the
-    order given. Averages follow ir_measures: over all judged queries, a judged query without
-    results counting as 0 (logged as a warning); run queries without judgements are ignored. Raises MetricError for an unknown
-    name, RunError if run and qrels share no query id, or if `known_doc_ids` is given and the run
-    names documents outside it.
+    order given. Each query's results are ranked by the project's one rule (score descending, equal
+    scores by doc id ascending) and handed to ir_measures with scores that state exactly those
+    ranks, so every measure (whichever ir_measures backend computes it) reads the same ranking.
+    Averages follow ir_measures: over all judged queries, a judged query without results counting
+    as 0 (logged as a warning); run queries without judgements are ignored. Raises MetricError for
+    an unknown name, RunError if run and qrels share no query id, or if `known_doc_ids` is given
+    and the run names documents outside it.
     """
     names = [metrics] if isinstance(metrics, str) else [str(m).strip() for m in metrics]
     measures = parse_metrics(names)
@@ -87,6 +90,8 @@ def evaluate(
     if len(shared) < len(run_qids):
         log.info("%d run queries have no judgements and are ignored", len(run_qids - shared))
 
-    flat = [sd for docs in grouped.values() for sd in docs]
+    # rank-derived scores (n, n-1, ..., 1): no ties left for a backend to break its own way
+    flat = [ScoredDoc(sd.query_id, sd.doc_id, float(len(docs) - i))
+            for docs in grouped.values() for i, sd in enumerate(ranked(docs))]
     values = ir_measures.calc_aggregate(measures, qrels, flat)
     return {name: float(values[m]) for name, m in zip(names, measures, strict=True)}

@@ -1,4 +1,10 @@
-"""TREC run files: `qid Q0 docid rank score tag`, one line per retrieved document."""
+"""TREC run files: `qid Q0 docid rank score tag`, one line per retrieved document.
+
+One tie rule everywhere (`ranked`): score descending, equal scores by doc id ascending (code-point
+order), as Anserini. A written run states its ranks twice, in the rank column and through scores
+that strictly decrease down each query's list (`strictly_decreasing`), so trec_eval (which orders
+equal scores by doc id descending) and every ir_measures backend read the same ranks.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
 
 from mice_index.errors import SourceError
 
@@ -50,17 +58,37 @@ def _check_id(value: str, kind: str) -> None:
 
 
 def ranked(docs: Iterable[ScoredDoc]) -> list[ScoredDoc]:
-    """Score descending, ties broken by doc_id ascending (deterministic)."""
+    """The project's one tie rule: score descending, equal scores by doc_id ascending."""
     return sorted(docs, key=lambda sd: (-sd.score, sd.doc_id))
+
+
+def strictly_decreasing(scores: Iterable[float]) -> list[float]:
+    """Scores of a ranked list (best first) with every tie broken in list order: a score that is not
+    below the previous (written) one, in float64 or once read as float32, becomes the next float32
+    below it. trec_eval (and pytrec_eval, behind ir_measures) reads scores as 32-bit floats, so a
+    float64-sized step would be lost. Sorting by score alone then gives back the list's order;
+    other scores are kept exactly. Scores must be finite."""
+    out: list[float] = []
+    prev: float | None = None
+    with np.errstate(over="ignore"):
+        for score in scores:
+            score = float(score)
+            if prev is not None and (score >= prev or np.float32(score) >= np.float32(prev)):
+                below = float(np.nextafter(np.float32(prev), np.float32(-np.inf)))
+                score = below if math.isfinite(below) and below < prev else math.nextafter(prev, -math.inf)
+            out.append(score)
+            prev = score
+    return out
 
 
 def write_run(path: str | os.PathLike[str], results: Results, tag: str = "mice-index") -> Path:
     """Write `results` as a 6-column TREC run, atomically (temp file + fsync + os.replace).
 
     Within a query, lines are ranked from 1 by score descending, ties by doc_id ascending; queries
-    keep their input order. An existing file is replaced only if the whole write succeeds; parent
-    folders are created. Raises RunError for ids with whitespace, NaN scores or a repeated
-    (query, document) pair.
+    keep their input order. A tied score is written as the next float32 below the score above it
+    (`strictly_decreasing`), so tools that order by score alone read the same ranks. An existing
+    file is replaced only if the whole write succeeds; parent folders are created. Raises RunError
+    for ids with whitespace, NaN or infinite scores or a repeated (query, document) pair.
     """
     path = Path(path)
     _check_id(tag, "run tag")
@@ -69,14 +97,16 @@ def write_run(path: str | os.PathLike[str], results: Results, tag: str = "mice-i
     for qid, docs in grouped.items():
         _check_id(qid, "query")
         seen: set[str] = set()
-        for rank, sd in enumerate(ranked(docs), 1):
+        for sd in docs:
             _check_id(sd.doc_id, "document")
             if sd.doc_id in seen:
                 raise RunError(f"query {qid!r}: document {sd.doc_id!r} appears twice in the results")
             seen.add(sd.doc_id)
-            score = float(sd.score)
-            if math.isnan(score):
-                raise RunError(f"query {qid!r}: document {sd.doc_id!r} has a NaN score")
+            if not math.isfinite(float(sd.score)):
+                kind = "NaN" if math.isnan(float(sd.score)) else "infinite"
+                raise RunError(f"query {qid!r}: document {sd.doc_id!r} has a {kind} score")
+        docs = ranked(docs)
+        for rank, (sd, score) in enumerate(zip(docs, strictly_decreasing(sd.score for sd in docs)), 1):
             lines.append(f"{qid} Q0 {sd.doc_id} {rank} {score!r} {tag}\n")
     atomic_write_text(path, "".join(lines))
     return path
@@ -114,8 +144,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def read_run(path: str | os.PathLike[str]) -> list[ScoredDoc]:
     """Parse a 6-column TREC run (whitespace separated; the Q0, rank and tag columns are checked
-    for presence only, the score decides the order). RunError names file:line for a malformed
-    line, a non-numeric rank/score, a repeated (query, document) pair, or an empty file."""
+    for presence only: the score decides the order, equal scores by doc id ascending). RunError
+    names file:line for a malformed line, a non-numeric rank/score, a repeated (query, document)
+    pair, or an empty file."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path}: run file not found")
