@@ -18,6 +18,7 @@ from mice_index.defaults import load_model
 from mice_index.errors import SearchError
 from mice_index.search import clipped
 from mice_index.sources import read_documents
+from mice_index.text import check_argument
 
 MAX_TEXT_DOCS = 5_000  # scoring from text re-encodes every document: past this, build an index
 
@@ -33,7 +34,7 @@ def score_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Score every document of a small corpus against QUERY with the MICE model, from text."""
-    if not query.strip():
+    if not check_argument(query, "--query", SearchError).strip():
         raise SearchError("--query is empty")
     if k is not None and k <= 0:
         raise SearchError(f"--k must be positive, got {k}")

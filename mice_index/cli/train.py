@@ -31,7 +31,9 @@ def train_command(
     """Train a MICE model by distillation (recipe of the default model: configs/minilm-l6.toml)."""
     from mice_index.train import Trainer, load_config
 
-    overrides = list(set_ or [])
+    from mice_index.text import check_argument
+
+    overrides = [check_argument(v, "--set") for v in set_ or []]
     flags = {"output": output, "cache_dir": cache_dir, "model.init": init, "data.queries": queries,
              "teacher.kind": teacher, "teacher.path": teacher_path, "teacher.format": teacher_format,
              "train.loss": loss, "train.steps": steps}

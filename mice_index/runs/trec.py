@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mice_index.errors import SourceError
+from mice_index.text import check_text
 
 
 class RunError(SourceError):
@@ -55,6 +56,7 @@ def _group(results: Results) -> dict[str, list[ScoredDoc]]:
 def _check_id(value: str, kind: str) -> None:
     if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
         raise RunError(f"{kind} id {value!r} cannot be written to a TREC run (empty or contains whitespace)")
+    check_text(value, f"{kind} id {ascii(value)}", RunError)
 
 
 def ranked(docs: Iterable[ScoredDoc]) -> list[ScoredDoc]:
