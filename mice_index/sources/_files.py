@@ -14,6 +14,7 @@ import lzma
 import os
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +48,7 @@ def resolve_file(src: Src, beir_name: str, what: str) -> Path:
 # suffix -> (format name, opener); the stdlib decoders, so nothing to install
 _COMPRESSED = {".gz": ("gzip", gzip.open), ".bz2": ("bzip2", bz2.open), ".xz": ("xz", lzma.open),
                ".lzma": ("lzma", lzma.open)}
+_STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what the decoders raise on bad data
 _UNSUPPORTED = {".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4", ".zip": "zip", ".7z": "7z"}
 _MAGIC = {b"\x1f\x8b": "gzip (.gz)", b"BZh": "bzip2 (.bz2)", b"\xfd7zXZ\x00": "xz (.xz)",
           b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
@@ -106,7 +108,7 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         try:
             for lineno, raw in enumerate(fh, 1):
                 yield lineno, raw
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        except _STREAM_ERRORS as exc:
             raise _read_error(path, exc, lineno) from exc
 
 
@@ -142,6 +144,21 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def count_nonblank_lines(path: Path) -> int:
     return sum(1 for _, raw in _raw_lines(path) if raw.strip())
+
+
+@contextmanager
+def blame_damaged_stream(path: Path) -> Iterator[None]:
+    """Around the parsing of `path`'s lines: a SourceError about a line of a compressed file is
+    replaced by the file's own truncated / corrupt error when there is one (a corrupt xz or bzip2
+    block yields garbage lines before its checksum fails at the block's end). Costs one more
+    decompression pass, on the error path only."""
+    try:
+        yield
+    except SourceError as exc:
+        if _compression(path) is not None and not isinstance(exc.__cause__, _STREAM_ERRORS):
+            for _ in _raw_lines(path):  # raises the stream's own error
+                pass
+        raise
 
 
 def parse_json_object(path: Path, lineno: int, line: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from mice_index.errors import SourceError
 from mice_index.sources import irds, tsv
 from mice_index.sources._files import (
     Src,
+    blame_damaged_stream,
     count_nonblank_lines,
     first_line_of,
     get_str,
@@ -83,14 +84,15 @@ def read_documents(
             return _check_id(doc_id, path, str(lineno), "document"), text, title
 
     seen: set[str] = set()
-    for lineno, line in iter_lines(path):
-        if lineno == header:
-            continue
-        doc_id, text, title = parse(lineno, line)
-        if doc_id in seen:
-            raise _duplicate(path, lineno, "document", doc_id, lambda n, ln: parse(n, ln)[0])
-        seen.add(doc_id)
-        yield Document(doc_id, text, title)
+    with blame_damaged_stream(path):
+        for lineno, line in iter_lines(path):
+            if lineno == header:
+                continue
+            doc_id, text, title = parse(lineno, line)
+            if doc_id in seen:
+                raise _duplicate(path, lineno, "document", doc_id, lambda n, ln: parse(n, ln)[0])
+            seen.add(doc_id)
+            yield Document(doc_id, text, title)
     if not seen:
         raise SourceError(f"{path}: no documents (file is empty or has only blank lines)")
 
@@ -149,16 +151,17 @@ def read_queries(src: Src, *, id_field: str = "_id", text_field: str = "text") -
         return parse(path, lineno, line, id_field, text_field)[0]
 
     seen: set[str] = set()
-    for lineno, line in iter_lines(path):
-        if lineno == header:
-            continue
-        query_id, text = parse(path, lineno, line, id_field, text_field)
-        if not text.strip():
-            raise SourceError(f"{path}:{lineno}: query {query_id!r} has empty text")
-        if query_id in seen:
-            raise _duplicate(path, lineno, "query", query_id, extract)
-        seen.add(query_id)
-        yield Query(query_id, text)
+    with blame_damaged_stream(path):
+        for lineno, line in iter_lines(path):
+            if lineno == header:
+                continue
+            query_id, text = parse(path, lineno, line, id_field, text_field)
+            if not text.strip():
+                raise SourceError(f"{path}:{lineno}: query {query_id!r} has empty text")
+            if query_id in seen:
+                raise _duplicate(path, lineno, "query", query_id, extract)
+            seen.add(query_id)
+            yield Query(query_id, text)
     if not seen:
         raise SourceError(f"{path}: no queries (file is empty or has only blank lines)")
 

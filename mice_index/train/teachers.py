@@ -23,7 +23,7 @@ import torch
 
 from mice_index.candidates import BM25Index, Candidates, DenseIndex, fuse
 from mice_index.errors import SourceError
-from mice_index.sources._files import iter_lines, parse_json_object
+from mice_index.sources._files import blame_damaged_stream, iter_lines, parse_json_object
 from mice_index.text import JSON_HINT, bounded_texts, check_text
 
 log = logging.getLogger(__name__)
@@ -61,27 +61,29 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 def read_msmarco_triplets(path: str | Path) -> Iterator[tuple[int, TeacherTriplet]]:
     """(line number, triplet) from a Hofstätter et al. ensemble-scores TSV."""
     path = Path(path)
-    for lineno, line in _lines(path):
-        parts = line.split("\t") if "\t" in line else line.split()
-        if len(parts) != 5:
-            raise TeacherFileError(f"{path}:{lineno}: expected 5 fields 'score_pos score_neg qid pid_pos "
-                                   f"pid_neg', got {len(parts)}")
-        sp, sn = _float(parts[0], path, lineno, "score_pos"), _float(parts[1], path, lineno, "score_neg")
-        yield lineno, TeacherTriplet(parts[2], parts[3], parts[4], sp, sn)
+    with blame_damaged_stream(path):
+        for lineno, line in _lines(path):
+            parts = line.split("\t") if "\t" in line else line.split()
+            if len(parts) != 5:
+                raise TeacherFileError(f"{path}:{lineno}: expected 5 fields 'score_pos score_neg qid pid_pos "
+                                       f"pid_neg', got {len(parts)}")
+            sp, sn = _float(parts[0], path, lineno, "score_pos"), _float(parts[1], path, lineno, "score_neg")
+            yield lineno, TeacherTriplet(parts[2], parts[3], parts[4], sp, sn)
 
 
 def read_jsonl_scores(path: str | Path) -> Iterator[tuple[int, str, str, float]]:
     """(line number, query id, doc id, score) from a JSONL teacher-scores file."""
     path = Path(path)
-    for lineno, line in _lines(path):
-        obj = parse_json_object(path, lineno, line)
-        for key in ("query_id", "doc_id", "score"):
-            if key not in obj:
-                raise TeacherFileError(f"{path}:{lineno}: missing field {key!r}")
-        score = _float(str(obj["score"]), path, lineno, "score")
-        qid, did = (check_text(str(obj[k]), f"{path}:{lineno}: field {k!r}", TeacherFileError, JSON_HINT)
-                    for k in ("query_id", "doc_id"))
-        yield lineno, qid, did, score
+    with blame_damaged_stream(path):
+        for lineno, line in _lines(path):
+            obj = parse_json_object(path, lineno, line)
+            for key in ("query_id", "doc_id", "score"):
+                if key not in obj:
+                    raise TeacherFileError(f"{path}:{lineno}: missing field {key!r}")
+            score = _float(str(obj["score"]), path, lineno, "score")
+            qid, did = (check_text(str(obj[k]), f"{path}:{lineno}: field {k!r}", TeacherFileError, JSON_HINT)
+                        for k in ("query_id", "doc_id"))
+            yield lineno, qid, did, score
 
 
 def check_known(path, lineno: int, query_id: str, doc_ids: Iterable[str], queries, docs) -> None:
