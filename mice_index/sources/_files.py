@@ -83,7 +83,8 @@ def _read_error(path: Path, exc: Exception, lineno: int) -> SourceError:
         return SourceError(f"{path}: truncated {fmt} file: the compressed data ends early ({where}); "
                            "re-create or re-download it")
     if not lineno and not _magic_matches(path, fmt):
-        return SourceError(f"{path}: not a {fmt} file although its name ends in {path.suffix} ({exc}); "
+        article = "an" if fmt == "xz" else "a"
+        return SourceError(f"{path}: not {article} {fmt} file although its name ends in {path.suffix} ({exc}); "
                            "rename or re-compress it")
     return SourceError(f"{path}: corrupt {fmt} data {where} ({exc}); re-create or re-download it")
 
