@@ -149,8 +149,18 @@ def test_build_refuses_surrogate_document_and_leaves_no_folder(tmp_path, mice_di
     assert not (tmp_path / "idx2").exists()
 
 
+def test_training_config_not_utf8(tmp_path):
+    from mice_index.train.config import TrainConfigError, load_config
+
+    cfg = write(tmp_path / "c.toml", b'[train]\nloss = "caf\xe9"\n')
+    raises_one_line(lambda: load_config(cfg), TrainConfigError, str(cfg), "invalid UTF-8 at byte 19")
+    lone = write(tmp_path / "l.toml", '[train]\nloss = "\\ud800"\n')
+    raises_one_line(lambda: load_config(lone), TrainConfigError, str(lone), "invalid TOML")
+
+
 @pytest.mark.parametrize("argv, option", [
     (["search", "--index", "nowhere", "--query", "caf\udce9"], "--query"),
+    (["train", "--set", "train.loss=caf\udce9"], "--set"),
     (["search", "--index", "nowhere", "--queries", "q.tsv", "--run", "r.txt", "--run-tag", "t\udce9"], "--run-tag"),
     (["score", "--corpus", "nowhere", "--query", "caf\udce9"], "--query"),
     (["build", "--corpus", "nowhere", "--index", "i", "--text-field", "t\udce9xt"], "--text-field"),
