@@ -68,14 +68,15 @@ def char_budget(max_tokens: int) -> int:
 
 
 def clip(text: str, budget: int) -> str:
-    """`text` if it has at most `budget` characters, else its first `budget` characters without the
-    last (possibly cut) word. Whitespace ends every word for WordPiece / BPE / Metaspace
-    pre-tokenizers, so the tokens of the result are a prefix of the tokens of `text`."""
+    """`text` if it has at most `budget` characters, else its first `budget` characters up to the
+    last ASCII space, tab or newline (the word it may cut is dropped). Such whitespace ends a word
+    for every pre-tokenizer (str.isspace would also cut at e.g. U+001C, which BERT deletes, joining
+    the words around it), so the tokens of the result are a prefix of the tokens of `text`."""
     if len(text) <= budget:
         return text
     head = text[: budget + 1]
-    parts = head.rsplit(None, 1)
-    return parts[0] if len(parts) == 2 else head[:budget]
+    cut = max(head.rfind(c) for c in " \t\n\r")
+    return head[:cut] if cut > 0 else head[:budget]
 
 
 def _bound(tokenizer, texts: list[str], max_tokens: int):
