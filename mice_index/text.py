@@ -9,12 +9,12 @@ call `check_text` with the file and line; the CLI calls `check_argument` with th
 through the Python API.
 
 Work bound: tokenizing a 20 MB one-line document only to keep its first 256 tokens costs GBs of
-memory. `bounded_token_ids` hands the tokenizer a prefix of each long text (cut at whitespace,
-`char_budget(max_tokens)` characters) and widens the prefix (x4, up to MAX_WIDEN x the budget)
-only when it gave fewer than `max_tokens` tokens, so the kept token ids are exactly those of the
-whole text; the one exception is a text whose first 64 x budget characters (330k for 256 tokens)
-give fewer tokens than kept, i.e. a run of that much whitespace (BERT turns one huge word into one
-[UNK] however it is cut).
+memory. `bounded_token_ids` hands the tokenizer a prefix of each long text (cut at ASCII
+whitespace, `char_budget(max_tokens)` characters) and widens the prefix (x4, up to MAX_WIDEN x the
+budget) only when it gave fewer than `max_tokens` tokens, so the kept token ids are exactly those
+of the whole text; the one exception is a text whose first 64 x budget characters (330k for 256
+tokens) give fewer tokens than kept, i.e. a run of that many characters that make no tokens
+(whitespace, control characters). BERT turns one huge word into one [UNK] however it is cut.
 """
 
 from __future__ import annotations
