@@ -38,7 +38,7 @@ def _fmt_bytes(n: int) -> str:
 
 @app.command("build")
 def build_command(
-    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL file or irds:<dataset id>.")],
+    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL or TSV file (.gz/.bz2/.xz ok) or irds:<dataset id>.")],
     index: Annotated[Path, typer.Option("--index", help="Index folder to create (or to resume).")],
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
     codec: Annotated[str, typer.Option("--codec", help=f"State codec: {', '.join(codec_names())}. fp16 and int8-dim keep MICE rankings "

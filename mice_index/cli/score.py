@@ -26,7 +26,7 @@ MAX_TEXT_DOCS = 5_000  # scoring from text re-encodes every document: past this,
 @app.command("score")
 def score_command(
     query: Annotated[str, typer.Option("--query", "-q", help="Query text.")],
-    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL file or irds:<id>.")],
+    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL or TSV file (.gz/.bz2/.xz ok) or irds:<id>.")],
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
     k: Annotated[Optional[int], typer.Option("--k", help="How many documents to print [default: 10; "
                                              "clipped to the corpus size].")] = None,

@@ -16,7 +16,7 @@ def train_command(
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML training config (see configs/).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Output folder (checkpoints, model/).")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="HF encoder / HF cross-encoder / MICE checkpoint.")] = None,
-    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="Corpus (BEIR folder, JSONL, irds:); repeatable.")] = None,
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="Corpus (BEIR folder, JSONL/TSV, irds:); repeatable.")] = None,
     queries: Annotated[Optional[str], typer.Option("--queries", help="Real training queries (else pseudo-queries).")] = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", help="hybrid | cross-encoder | file")] = None,
     teacher_path: Annotated[Optional[str], typer.Option("--teacher-path", help="Cross-encoder or teacher-scores file.")] = None,
