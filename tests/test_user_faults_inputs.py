@@ -273,6 +273,15 @@ def test_tsv_corpus_forms_and_headers(tmp_path, lines, expected):
     assert list(read_documents(gz)) == expected
 
 
+def test_corpus_format_from_suffix_or_first_line(tmp_path):
+    as_jsonl = write(tmp_path / "corpus.txt", corpus3_bytes())  # .txt: the first line decides
+    assert [d.doc_id for d in read_documents(as_jsonl)] == ["d1", "d2", "d3"]
+    as_tsv = write(tmp_path / "corpus", "d1\tRed apples.\n")
+    assert list(read_documents(as_tsv)) == [Document("d1", "Red apples.")]
+    raises_one_line(lambda: list(read_documents(write(tmp_path / "c.jsonl", "d1\tRed apples.\n"))), SourceError,
+                    "c.jsonl:1: malformed JSON")  # a named format is not second-guessed
+
+
 @pytest.mark.parametrize("lines, line, fragment", [
     (["d1\tApples\tRed", "d2 no tab"], 2, "expected 3 tab-separated columns (id, title, text)"),
     (["id\ttext", "d1"], 2, "expected 2 tab-separated columns (id, text) like the header"),

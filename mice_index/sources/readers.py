@@ -26,7 +26,7 @@ from mice_index.sources.records import Document, Query
 from mice_index.text import check_text
 
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
-_TSV_SUFFIXES = {".tsv", ".txt"}
+_TSV_SUFFIXES = {".tsv"}  # other names (.txt, none): the first line decides
 
 
 def _check_id(value: str, path: Path | str, where: str, kind: str) -> str:
@@ -55,7 +55,7 @@ def read_documents(
     or `irds:<id>`.
 
     For JSONL, `id_field` and `text_field` are required strings and `title_field` an optional
-    string (missing/null -> ""); empty text is allowed. A TSV file (`.tsv`/`.txt`, or a first line
+    string (missing/null -> ""); empty text is allowed. A TSV file (`.tsv`, or a first line
     that is not a JSON object) has `id<TAB>text` (MS MARCO collection.tsv) or `id<TAB>title<TAB>text`
     columns, or a header row naming them (see `sources.tsv`). For irds the record's doc_id / text
     (or default_text()) / title are used and the field options are ignored. Raises SourceError on
@@ -136,7 +136,7 @@ def read_queries(src: Src, *, id_field: str = "_id", text_field: str = "text") -
     Unicode and duplicate ids raise SourceError naming file and line; so does a file without any
     query (at the end).
 
-    The format of a file is taken from its suffix (.jsonl/.json/.ndjson vs .tsv/.txt), otherwise
+    The format of a file is taken from its suffix (.jsonl/.json/.ndjson vs .tsv), otherwise
     from its first non-blank line (JSON object or not).
     """
     if is_irds(src):
