@@ -358,11 +358,34 @@ def build_index(
 
     t0 = time.perf_counter()
     total = count_documents(corpus)  # also fails fast (before loading the model) on a missing corpus
+    _peek(corpus, config)  # ... a first document that cannot be read, a corrupt compressed file
     builder = _Builder(corpus, Path(index), config, model, progress)
     if total_callback is not None:
         total_callback(total)
-    encoded = builder.run()
+    created = not Path(index).exists()
+    try:
+        encoded = builder.run()
+    except Exception:
+        if created:
+            _remove_if_empty(Path(index))
+        raise
     return BuildResult(Path(index), index_info(index), encoded, time.perf_counter() - t0)
+
+
+def _peek(corpus, cfg: BuildConfig) -> None:
+    """Read the first document (not for irds:, whose first read may download the collection)."""
+    if not (isinstance(corpus, str) and corpus.startswith("irds:")):
+        docs = read_documents(corpus, id_field=cfg.id_field, text_field=cfg.text_field, title_field=cfg.title_field)
+        next(docs, None)
+        docs.close()
+
+
+def _remove_if_empty(root: Path) -> None:
+    """Remove an index folder this run created when the run failed before committing any shard."""
+    shards = root / L.SHARDS_DIR
+    if not (shards.is_dir() and any(not p.name.startswith(L.TMP_PREFIX) for p in shards.iterdir())):
+        log.info("%s: removing the index folder this failed build created (no shard was committed)", root)
+        L.remove(root)
 
 
 __all__ = ["BuildConfig", "BuildResult", "KILL_ENV", "build_index"]

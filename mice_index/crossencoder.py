@@ -12,6 +12,7 @@ import torch
 
 from mice_index.errors import ModelError
 from mice_index.checkpoints import load_safetensors, resolve_model_path
+from mice_index.text import bounded_texts
 
 __all__ = ["CrossEncoder"]
 
@@ -38,7 +39,7 @@ class CrossEncoder:
         """One query against documents -> float32 scores [len(documents)]."""
         out = []
         for i in range(0, len(documents), batch_size):
-            docs = documents[i:i + batch_size]
+            docs = bounded_texts(self.tokenizer, documents[i:i + batch_size], self.max_length)  # same kept tokens
             enc = self.tokenizer([query] * len(docs), docs, padding=True, truncation="only_second",
                                  max_length=self.max_length, return_tensors="pt").to(self.device)
             out.append(self.model(**enc).logits[:, 0].float().cpu())

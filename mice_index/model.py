@@ -38,6 +38,7 @@ from mice_index.checkpoints import load_tokenizer as _load_tokenizer
 from mice_index.checkpoints import read_json as _read_json
 from mice_index.checkpoints import FAMILIES, BertFamily, resolve_model_path
 from mice_index.errors import ModelError
+from mice_index.text import bounded_texts
 
 
 CONFIG_NAME = "mice_config.json"
@@ -342,7 +343,11 @@ class MiceModel(nn.Module):
 
     # -- tokenisation (the tokenizer adds [CLS] ... [SEP] and truncates) --
     def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+        """Texts -> (ids [B,T], mask [B,T]), truncated to max_length tokens; a long text is tokenized
+        from a prefix with the same first tokens (`text.bounded_texts`); SourceError for a text that
+        is not valid Unicode."""
+        texts = bounded_texts(self.tokenizer, list(texts), max_length)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
                              return_tensors="pt", return_token_type_ids=False)
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 

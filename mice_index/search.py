@@ -24,6 +24,7 @@ from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
 from mice_index.scorer import MiceScorer, ScorerConfig
 from mice_index.sources import Query
+from mice_index.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class Searcher:
         if k <= 0:
             raise SearchError(f"--k must be positive, got {k}")
         for q in queries:
-            if not q.text.strip():
+            if not check_text(q.text, f"query {q.query_id!r}", SearchError).strip():
                 raise SearchError(f"query {q.query_id!r} is empty")
         remove = self.config.remove_query_id if remove_query_id is None else remove_query_id
         depth = self.config.depth

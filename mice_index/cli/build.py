@@ -16,6 +16,7 @@ from mice_index.build import BuildConfig, build_index
 from mice_index.cli import app
 from mice_index.codec import codec_names
 from mice_index.store import index_info, read_manifest, verify_shards
+from mice_index.text import check_argument
 
 
 class _DocsPerSecond(TextColumn):
@@ -37,7 +38,7 @@ def _fmt_bytes(n: int) -> str:
 
 @app.command("build")
 def build_command(
-    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL file or irds:<dataset id>.")],
+    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL or TSV file (.gz/.bz2/.xz ok) or irds:<dataset id>.")],
     index: Annotated[Path, typer.Option("--index", help="Index folder to create (or to resume).")],
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
     codec: Annotated[str, typer.Option("--codec", help=f"State codec: {', '.join(codec_names())}. fp16 and int8-dim keep MICE rankings "
@@ -71,6 +72,8 @@ def build_command(
     """Encode a corpus into a MICE index (states + BM25 + dense). Re-run the same command to resume."""
     from mice_index.distributed.cli import build_distributed, wants_distributed
 
+    for value, option in ((id_field, "--id-field"), (text_field, "--text-field"), (title_field, "--title-field")):
+        check_argument(value, option)
     config = BuildConfig(
         model=None if model == "default" else model, codec=codec, max_doc_length=max_doc_length,
         batch_tokens=batch_tokens, device=device, dtype=dtype, shard_docs=shard_docs,  # type: ignore[arg-type]

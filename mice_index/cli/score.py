@@ -18,6 +18,7 @@ from mice_index.defaults import load_model
 from mice_index.errors import SearchError
 from mice_index.search import clipped
 from mice_index.sources import read_documents
+from mice_index.text import check_argument
 
 MAX_TEXT_DOCS = 5_000  # scoring from text re-encodes every document: past this, build an index
 
@@ -25,7 +26,7 @@ MAX_TEXT_DOCS = 5_000  # scoring from text re-encodes every document: past this,
 @app.command("score")
 def score_command(
     query: Annotated[str, typer.Option("--query", "-q", help="Query text.")],
-    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL file or irds:<id>.")],
+    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL or TSV file (.gz/.bz2/.xz ok) or irds:<id>.")],
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
     k: Annotated[Optional[int], typer.Option("--k", help="How many documents to print [default: 10; "
                                              "clipped to the corpus size].")] = None,
@@ -33,7 +34,7 @@ def score_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Score every document of a small corpus against QUERY with the MICE model, from text."""
-    if not query.strip():
+    if not check_argument(query, "--query", SearchError).strip():
         raise SearchError("--query is empty")
     if k is not None and k <= 0:
         raise SearchError(f"--k must be positive, got {k}")

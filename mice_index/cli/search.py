@@ -17,6 +17,7 @@ from mice_index.runs import write_run
 from mice_index.scorer import ScorerConfig
 from mice_index.search import CANDIDATES, RERANKERS, SearchConfig, Searcher
 from mice_index.sources import read_queries
+from mice_index.text import check_argument
 
 
 def _snippet(title: str, text: str, width: int = 90) -> str:
@@ -48,6 +49,9 @@ def search_command(
     as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON.")] = False,
 ) -> None:
     """Search an index: first-stage candidates, then MICE re-ranking over stored states."""
+    if query is not None:
+        check_argument(query, "--query", SearchError)
+    check_argument(run_tag, "--run-tag", SearchError)
     if (query is None) == (queries is None):
         raise SearchError("give exactly one of --query (one query) or --queries (batch, with --run)")
     if queries is not None and run is None:

@@ -16,7 +16,7 @@ def train_command(
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML training config (see configs/).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Output folder (checkpoints, model/).")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="HF encoder / HF cross-encoder / MICE checkpoint.")] = None,
-    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="Corpus (BEIR folder, JSONL, irds:); repeatable.")] = None,
+    corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="Corpus (BEIR folder, JSONL/TSV, irds:); repeatable.")] = None,
     queries: Annotated[Optional[str], typer.Option("--queries", help="Real training queries (else pseudo-queries).")] = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", help="hybrid | cross-encoder | file")] = None,
     teacher_path: Annotated[Optional[str], typer.Option("--teacher-path", help="Cross-encoder or teacher-scores file.")] = None,
@@ -31,7 +31,9 @@ def train_command(
     """Train a MICE model by distillation (recipe of the default model: configs/minilm-l6.toml)."""
     from mice_index.train import Trainer, load_config
 
-    overrides = list(set_ or [])
+    from mice_index.text import check_argument
+
+    overrides = [check_argument(v, "--set") for v in set_ or []]
     flags = {"output": output, "cache_dir": cache_dir, "model.init": init, "data.queries": queries,
              "teacher.kind": teacher, "teacher.path": teacher_path, "teacher.format": teacher_format,
              "train.loss": loss, "train.steps": steps}

@@ -22,6 +22,7 @@ import torch
 from mice_index.errors import MiceIndexError
 from mice_index.model import DenseTower, MiceModel
 from mice_index.sources import Document
+from mice_index.text import bounded_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,7 @@ class _Pass:
         """Token ids truncated to max_length exactly like `MiceModel.tokenize`, plus a flag per
         text telling whether truncation happened (asks for one token more to find out)."""
         L = self.max_length
-        enc = self.tok(texts, truncation=True, max_length=L + 1, return_attention_mask=False,
-                       return_token_type_ids=False)["input_ids"]
+        enc = bounded_token_ids(self.tok, texts, L + 1)  # a long text is tokenized from a prefix
         out, cut = [], []
         for ids in enc:
             if len(ids) > L:

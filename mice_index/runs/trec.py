@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mice_index.errors import SourceError
+from mice_index.text import check_text
 
 
 class RunError(SourceError):
@@ -55,6 +56,7 @@ def _group(results: Results) -> dict[str, list[ScoredDoc]]:
 def _check_id(value: str, kind: str) -> None:
     if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
         raise RunError(f"{kind} id {value!r} cannot be written to a TREC run (empty or contains whitespace)")
+    check_text(value, f"{kind} id {ascii(value)}", RunError)
 
 
 def ranked(docs: Iterable[ScoredDoc]) -> list[ScoredDoc]:
@@ -150,35 +152,36 @@ def read_run(path: str | os.PathLike[str]) -> list[ScoredDoc]:
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path}: run file not found")
-    from mice_index.sources._files import iter_lines  # shared strict UTF-8 line reader
+    from mice_index.sources._files import blame_damaged_stream, iter_lines  # shared strict UTF-8 line reader
 
     out: list[ScoredDoc] = []
     first_line: dict[tuple[str, str], int] = {}
-    for lineno, line in iter_lines(path):
-        fields = line.split()
-        if len(fields) != 6:
-            raise RunError(
-                f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}"
-            )
-        qid, _q0, docid, rank, score, _tag = fields
-        try:
-            int(rank)
-        except ValueError:
-            raise RunError(f"{path}:{lineno}: rank {rank!r} is not an integer") from None
-        try:
-            value = float(score)
-        except ValueError:
-            raise RunError(f"{path}:{lineno}: score {score!r} is not a number") from None
-        if math.isnan(value):
-            raise RunError(f"{path}:{lineno}: score is NaN")
-        key = (qid, docid)
-        if key in first_line:
-            raise RunError(
-                f"{path}:{lineno}: document {docid!r} listed twice for query {qid!r} "
-                f"(first on line {first_line[key]})"
-            )
-        first_line[key] = lineno
-        out.append(ScoredDoc(qid, docid, value))
+    with blame_damaged_stream(path):
+        for lineno, line in iter_lines(path):
+            fields = line.split()
+            if len(fields) != 6:
+                raise RunError(
+                    f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}"
+                )
+            qid, _q0, docid, rank, score, _tag = fields
+            try:
+                int(rank)
+            except ValueError:
+                raise RunError(f"{path}:{lineno}: rank {rank!r} is not an integer") from None
+            try:
+                value = float(score)
+            except ValueError:
+                raise RunError(f"{path}:{lineno}: score {score!r} is not a number") from None
+            if math.isnan(value):
+                raise RunError(f"{path}:{lineno}: score is NaN")
+            key = (qid, docid)
+            if key in first_line:
+                raise RunError(
+                    f"{path}:{lineno}: document {docid!r} listed twice for query {qid!r} "
+                    f"(first on line {first_line[key]})"
+                )
+            first_line[key] = lineno
+            out.append(ScoredDoc(qid, docid, value))
     if not out:
         raise RunError(f"{path}: run file has no results")
     return out

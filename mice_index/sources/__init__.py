@@ -1,8 +1,9 @@
 """Input stage: streaming readers for documents, queries and qrels.
 
 Sources are a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv), a single file
-(JSONL / TSV / TREC qrels, `.gz` ok for JSONL) or `irds:<ir_datasets id>`. Every bad input raises
-one `mice_index.errors.SourceError` naming the file and line.
+(JSONL / TSV / TREC qrels; `.gz`, `.bz2`, `.xz` are decompressed) or `irds:<ir_datasets id>`.
+Every bad input raises one `mice_index.errors.SourceError` naming the file and line; text that is
+not valid Unicode is refused, never repaired (`mice_index.text`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import ir_measures
 
 from mice_index.errors import SourceError
 from mice_index.sources import irds
-from mice_index.sources._files import Src, is_irds, iter_lines, resolve_file
+from mice_index.sources._files import Src, blame_damaged_stream, is_irds, iter_lines, resolve_file
+from mice_index.sources.tsv import is_trec_qrels_header
 
 _BEIR_QRELS = "qrels/test.tsv"
 
@@ -18,7 +19,8 @@ _BEIR_QRELS = "qrels/test.tsv"
 def read_qrels(src: Src) -> list[ir_measures.Qrel]:
     """Judgements from a BEIR folder (qrels/test.tsv), a BEIR TSV (`query-id corpus-id score`
     header; a headerless 3-column file is accepted too), a TREC qrels file (`qid iter docid rel`,
-    whitespace separated) or `irds:<id>`. The format is detected from the first non-blank line.
+    whitespace separated, optionally under a header row such as `qid iter docid rel`) or
+    `irds:<id>`; .gz/.bz2/.xz files are decompressed. The format is detected from the first non-blank line.
 
     Raises SourceError (file:line) on a malformed line, a non-integer relevance, a repeated
     (query, document) pair, or a file without judgements.
@@ -29,34 +31,35 @@ def read_qrels(src: Src) -> list[ir_measures.Qrel]:
     qrels: list[ir_measures.Qrel] = []
     first_line: dict[tuple[str, str], int] = {}
     ncols: int | None = None
-    for lineno, line in iter_lines(path):
-        fields = line.split()
-        if ncols is None:
-            ncols = len(fields)
-            if ncols not in (3, 4):
+    with blame_damaged_stream(path):
+        for lineno, line in iter_lines(path):
+            fields = line.split()
+            if ncols is None:
+                ncols = len(fields)
+                if ncols not in (3, 4):
+                    raise SourceError(
+                        f"{path}:{lineno}: unrecognised qrels format: expected 3 columns "
+                        f"(BEIR: query-id corpus-id score) or 4 (TREC: qid iter docid rel), got {ncols}"
+                    )
+                if (ncols == 3 and not _is_int(fields[2])) or is_trec_qrels_header(fields):
+                    continue  # header line
+            if len(fields) != ncols:
+                raise SourceError(f"{path}:{lineno}: expected {ncols} columns like the first line, got {len(fields)}")
+            if ncols == 3:
+                qid, docid, rel = fields
+                iteration = "0"
+            else:
+                qid, iteration, docid, rel = fields
+            if not _is_int(rel):
+                raise SourceError(f"{path}:{lineno}: relevance {rel!r} is not an integer")
+            key = (qid, docid)
+            if key in first_line:
                 raise SourceError(
-                    f"{path}:{lineno}: unrecognised qrels format: expected 3 columns "
-                    f"(BEIR: query-id corpus-id score) or 4 (TREC: qid iter docid rel), got {ncols}"
+                    f"{path}:{lineno}: duplicate judgement for query {qid!r} document {docid!r} "
+                    f"(first on line {first_line[key]})"
                 )
-            if ncols == 3 and not _is_int(fields[2]):
-                continue  # BEIR header line
-        if len(fields) != ncols:
-            raise SourceError(f"{path}:{lineno}: expected {ncols} columns like the first line, got {len(fields)}")
-        if ncols == 3:
-            qid, docid, rel = fields
-            iteration = "0"
-        else:
-            qid, iteration, docid, rel = fields
-        if not _is_int(rel):
-            raise SourceError(f"{path}:{lineno}: relevance {rel!r} is not an integer")
-        key = (qid, docid)
-        if key in first_line:
-            raise SourceError(
-                f"{path}:{lineno}: duplicate judgement for query {qid!r} document {docid!r} "
-                f"(first on line {first_line[key]})"
-            )
-        first_line[key] = lineno
-        qrels.append(ir_measures.Qrel(qid, docid, int(float(rel)), iteration))
+            first_line[key] = lineno
+            qrels.append(ir_measures.Qrel(qid, docid, int(float(rel)), iteration))
     if not qrels:
         raise SourceError(f"{path}: no relevance judgements")
     return qrels

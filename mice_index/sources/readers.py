@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mice_index.errors import SourceError
-from mice_index.sources import irds
+from mice_index.sources import irds, tsv
 from mice_index.sources._files import (
     Src,
+    blame_damaged_stream,
     count_nonblank_lines,
     first_line_of,
     get_str,
@@ -22,9 +23,10 @@ from mice_index.sources._files import (
     resolve_file,
 )
 from mice_index.sources.records import Document, Query
+from mice_index.text import check_text
 
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
-_TSV_SUFFIXES = {".tsv", ".txt"}
+_TSV_SUFFIXES = {".tsv"}  # other names (.txt, none): the first line decides
 
 
 def _check_id(value: str, path: Path | str, where: str, kind: str) -> str:
@@ -49,32 +51,48 @@ def _duplicate(path: Path, lineno: int, kind: str, key: str, extract) -> SourceE
 def read_documents(
     src: Src, *, id_field: str = "_id", text_field: str = "text", title_field: str = "title"
 ) -> Iterator[Document]:
-    """Stream documents from a BEIR folder (corpus.jsonl), a JSONL file (.gz ok) or `irds:<id>`.
+    """Stream documents from a BEIR folder (corpus.jsonl), a JSONL or TSV file (.gz/.bz2/.xz ok)
+    or `irds:<id>`.
 
     For JSONL, `id_field` and `text_field` are required strings and `title_field` an optional
-    string (missing/null -> ""); empty text is allowed. For irds the record's doc_id / text (or
-    default_text()) / title are used and the field options are ignored. Raises SourceError on bad
-    input, a duplicate id, or (at the end of iteration) an empty corpus.
+    string (missing/null -> ""); empty text is allowed. A TSV file (`.tsv`, or a first line
+    that is not a JSON object) has `id<TAB>text` (MS MARCO collection.tsv) or `id<TAB>title<TAB>text`
+    columns, or a header row naming them (see `sources.tsv`). For irds the record's doc_id / text
+    (or default_text()) / title are used and the field options are ignored. Raises SourceError on
+    bad input, text that is not valid Unicode, a duplicate id, or (at the end of iteration) an
+    empty corpus.
     """
     if is_irds(src):
         yield from _irds_documents(str(src))
         return
     path = resolve_file(src, "corpus.jsonl", "corpus")
+    header = None  # line number of a TSV header row
+    if _is_jsonl(path):
+        def parse(lineno: int, line: str) -> tuple[str, str, str]:
+            obj = parse_json_object(path, lineno, line)
+            doc_id = _check_id(get_str(obj, id_field, path, lineno), path, str(lineno), "document")
+            where = f" document {doc_id!r}:"
+            text = get_str(obj, text_field, path, lineno, where=where)
+            title = get_str(obj, title_field, path, lineno, where=where, required=False) or ""
+            return doc_id, text, title
+    else:
+        layout = tsv.corpus_layout(path, id_field, text_field, title_field)
+        header = layout.header_line
 
-    def extract(lineno: int, line: str) -> str | None:
-        return get_str(parse_json_object(path, lineno, line), id_field, path, lineno)
+        def parse(lineno: int, line: str) -> tuple[str, str, str]:
+            doc_id, text, title = layout.split(path, lineno, line)
+            return _check_id(doc_id, path, str(lineno), "document"), text, title
 
     seen: set[str] = set()
-    for lineno, line in iter_lines(path):
-        obj = parse_json_object(path, lineno, line)
-        doc_id = _check_id(get_str(obj, id_field, path, lineno), path, str(lineno), "document")
-        where = f" document {doc_id!r}:"
-        text = get_str(obj, text_field, path, lineno, where=where)
-        title = get_str(obj, title_field, path, lineno, where=where, required=False) or ""
-        if doc_id in seen:
-            raise _duplicate(path, lineno, "document", doc_id, extract)
-        seen.add(doc_id)
-        yield Document(doc_id, text, title)
+    with blame_damaged_stream(path):
+        for lineno, line in iter_lines(path):
+            if lineno == header:
+                continue
+            doc_id, text, title = parse(lineno, line)
+            if doc_id in seen:
+                raise _duplicate(path, lineno, "document", doc_id, lambda n, ln: parse(n, ln)[0])
+            seen.add(doc_id)
+            yield Document(doc_id, text, title)
     if not seen:
         raise SourceError(f"{path}: no documents (file is empty or has only blank lines)")
 
@@ -87,6 +105,8 @@ def _irds_documents(src: str) -> Iterator[Document]:
         return Document(str(record.doc_id), irds.record_text(record), str(title))
 
     for n, doc in enumerate(irds.iterate(src, "docs", convert), 1):
+        for field in ("doc_id", "text", "title"):
+            check_text(getattr(doc, field), f"{src}: document #{n} ({ascii(doc.doc_id)}): {field}")
         if doc.doc_id in seen:
             raise SourceError(f"{src}: document #{n}: duplicate document id {doc.doc_id!r}")
         seen.add(doc.doc_id)
@@ -96,42 +116,52 @@ def _irds_documents(src: str) -> Iterator[Document]:
 
 
 def count_documents(src: Src) -> int | None:
-    """Number of documents for progress bars: non-blank lines of the JSONL, or ir_datasets'
-    docs_count() (None when it does not know). Does not validate the lines."""
+    """Number of documents for progress bars: non-blank lines of the JSONL / TSV (less a TSV header
+    row), or ir_datasets' docs_count() (None when it does not know). Does not validate the lines,
+    but reading the file raises SourceError for a truncated / corrupt compressed file."""
     if is_irds(src):
         return irds.docs_count(str(src))
-    return count_nonblank_lines(resolve_file(src, "corpus.jsonl", "corpus"))
+    path = resolve_file(src, "corpus.jsonl", "corpus")
+    header = 0 if _is_jsonl(path) else int(tsv.corpus_layout(path).header_line is not None)
+    return count_nonblank_lines(path) - header
 
 
 # --------------------------------------------------------------------------- queries
 
 
 def read_queries(src: Src, *, id_field: str = "_id", text_field: str = "text") -> Iterator[Query]:
-    """Stream queries from a BEIR folder (queries.jsonl), JSONL, TSV (`qid<TAB>text`, no header)
-    or `irds:<id>`. All queries of the file are kept. Empty query text and duplicate ids raise
-    SourceError naming file and line; so does a file without any query (at the end).
+    """Stream queries from a BEIR folder (queries.jsonl), JSONL, TSV (`qid<TAB>text`, an optional
+    header row such as `qid<TAB>query` is skipped) or `irds:<id>`; .gz/.bz2/.xz files are
+    decompressed. All queries of the file are kept. Empty query text, text that is not valid
+    Unicode and duplicate ids raise SourceError naming file and line; so does a file without any
+    query (at the end).
 
-    The format of a file is taken from its suffix (.jsonl/.json/.ndjson vs .tsv/.txt), otherwise
+    The format of a file is taken from its suffix (.jsonl/.json/.ndjson vs .tsv), otherwise
     from its first non-blank line (JSON object or not).
     """
     if is_irds(src):
         yield from _irds_queries(str(src))
         return
     path = resolve_file(src, "queries.jsonl", "queries")
-    parse = _parse_jsonl_query if _is_jsonl(path) else _parse_tsv_query
+    jsonl = _is_jsonl(path)
+    parse = _parse_jsonl_query if jsonl else _parse_tsv_query
+    header = None if jsonl else tsv.query_header_line(path, id_field, text_field)
 
     def extract(lineno: int, line: str) -> str:
         return parse(path, lineno, line, id_field, text_field)[0]
 
     seen: set[str] = set()
-    for lineno, line in iter_lines(path):
-        query_id, text = parse(path, lineno, line, id_field, text_field)
-        if not text.strip():
-            raise SourceError(f"{path}:{lineno}: query {query_id!r} has empty text")
-        if query_id in seen:
-            raise _duplicate(path, lineno, "query", query_id, extract)
-        seen.add(query_id)
-        yield Query(query_id, text)
+    with blame_damaged_stream(path):
+        for lineno, line in iter_lines(path):
+            if lineno == header:
+                continue
+            query_id, text = parse(path, lineno, line, id_field, text_field)
+            if not text.strip():
+                raise SourceError(f"{path}:{lineno}: query {query_id!r} has empty text")
+            if query_id in seen:
+                raise _duplicate(path, lineno, "query", query_id, extract)
+            seen.add(query_id)
+            yield Query(query_id, text)
     if not seen:
         raise SourceError(f"{path}: no queries (file is empty or has only blank lines)")
 
@@ -169,6 +199,8 @@ def _irds_queries(src: str) -> Iterator[Query]:
         return Query(str(record.query_id), irds.record_text(record))
 
     for n, query in enumerate(irds.iterate(src, "queries", convert), 1):
+        for field in ("query_id", "text"):
+            check_text(getattr(query, field), f"{src}: query #{n} ({ascii(query.query_id)}): {field}")
         if not query.text.strip():
             raise SourceError(f"{src}: query #{n} ({query.query_id!r}) has empty text")
         if query.query_id in seen:

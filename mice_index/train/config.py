@@ -170,7 +170,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         if not path.is_file():
             raise TrainConfigError(f"{path}: config file not found")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TrainConfigError(f"{path}: invalid UTF-8 at byte {exc.start} (TOML files are UTF-8)") from None
         except tomllib.TOMLDecodeError as exc:
             raise TrainConfigError(f"{path}: invalid TOML ({exc})") from None
     for item in overrides:

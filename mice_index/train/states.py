@@ -25,6 +25,7 @@ import torch
 
 from mice_index.errors import IndexError_
 from mice_index.model import DenseTower, MiceModel
+from mice_index.text import bounded_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ def encode_corpus(model: MiceModel, texts: list[str], tower: DenseTower | None =
                   batch_size: int = 32, progress=None) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Bottom states (fp16, unpadded) and dense embeddings of `texts`, batched by length."""
     model.eval()
-    enc = model.tokenizer(list(texts), truncation=True, max_length=model.config.max_doc_length)
-    lengths = np.array([len(x) for x in enc["input_ids"]])
+    input_ids = bounded_token_ids(model.tokenizer, list(texts), model.config.max_doc_length)
+    lengths = np.array([len(x) for x in input_ids])
     order = np.argsort(-lengths, kind="stable")
     states: list[np.ndarray | None] = [None] * len(texts)
     dense = np.zeros((len(texts), model.config.hidden_size), np.float32) if tower is not None else None
@@ -73,7 +74,7 @@ def encode_corpus(model: MiceModel, texts: list[str], tower: DenseTower | None =
         ids = torch.full((len(rows), T), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), T), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, : lengths[r]] = torch.tensor(enc["input_ids"][r])
+            ids[i, : lengths[r]] = torch.tensor(input_ids[r])
             mask[i, : lengths[r]] = 1
         out = model.encode_document_batch(ids.to(model.device), mask.to(model.device))
         if tower is not None:

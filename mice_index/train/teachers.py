@@ -23,7 +23,8 @@ import torch
 
 from mice_index.candidates import BM25Index, Candidates, DenseIndex, fuse
 from mice_index.errors import SourceError
-from mice_index.sources._files import iter_lines, parse_json_object
+from mice_index.sources._files import blame_damaged_stream, iter_lines, parse_json_object
+from mice_index.text import JSON_HINT, bounded_texts, check_text
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +55,35 @@ def _float(text: str, path: Path, lineno: int, what: str) -> float:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise TeacherFileError(f"{path}: teacher-scores file not found")
-    return iter_lines(path)  # strict UTF-8, .gz, errors naming file:line
+    return iter_lines(path)  # strict UTF-8, .gz/.bz2/.xz, errors naming file:line
 
 
 def read_msmarco_triplets(path: str | Path) -> Iterator[tuple[int, TeacherTriplet]]:
     """(line number, triplet) from a Hofstätter et al. ensemble-scores TSV."""
     path = Path(path)
-    for lineno, line in _lines(path):
-        parts = line.split("\t") if "\t" in line else line.split()
-        if len(parts) != 5:
-            raise TeacherFileError(f"{path}:{lineno}: expected 5 fields 'score_pos score_neg qid pid_pos "
-                                   f"pid_neg', got {len(parts)}")
-        sp, sn = _float(parts[0], path, lineno, "score_pos"), _float(parts[1], path, lineno, "score_neg")
-        yield lineno, TeacherTriplet(parts[2], parts[3], parts[4], sp, sn)
+    with blame_damaged_stream(path):
+        for lineno, line in _lines(path):
+            parts = line.split("\t") if "\t" in line else line.split()
+            if len(parts) != 5:
+                raise TeacherFileError(f"{path}:{lineno}: expected 5 fields 'score_pos score_neg qid pid_pos "
+                                       f"pid_neg', got {len(parts)}")
+            sp, sn = _float(parts[0], path, lineno, "score_pos"), _float(parts[1], path, lineno, "score_neg")
+            yield lineno, TeacherTriplet(parts[2], parts[3], parts[4], sp, sn)
 
 
 def read_jsonl_scores(path: str | Path) -> Iterator[tuple[int, str, str, float]]:
     """(line number, query id, doc id, score) from a JSONL teacher-scores file."""
     path = Path(path)
-    for lineno, line in _lines(path):
-        obj = parse_json_object(path, lineno, line)
-        for key in ("query_id", "doc_id", "score"):
-            if key not in obj:
-                raise TeacherFileError(f"{path}:{lineno}: missing field {key!r}")
-        score = _float(str(obj["score"]), path, lineno, "score")
-        yield lineno, str(obj["query_id"]), str(obj["doc_id"]), score
+    with blame_damaged_stream(path):
+        for lineno, line in _lines(path):
+            obj = parse_json_object(path, lineno, line)
+            for key in ("query_id", "doc_id", "score"):
+                if key not in obj:
+                    raise TeacherFileError(f"{path}:{lineno}: missing field {key!r}")
+            score = _float(str(obj["score"]), path, lineno, "score")
+            qid, did = (check_text(str(obj[k]), f"{path}:{lineno}: field {k!r}", TeacherFileError, JSON_HINT)
+                        for k in ("query_id", "doc_id"))
+            yield lineno, qid, did, score
 
 
 def check_known(path, lineno: int, query_id: str, doc_ids: Iterable[str], queries, docs) -> None:
@@ -158,7 +163,8 @@ class CrossEncoderTeacher:
         out = []
         for i in range(0, len(pairs), self.batch_size):
             chunk = pairs[i : i + self.batch_size]
-            enc = self.tokenizer([q for q, _ in chunk], [d for _, d in chunk], truncation="only_second",
+            docs = bounded_texts(self.tokenizer, [d for _, d in chunk], self.max_length)  # same kept tokens
+            enc = self.tokenizer([q for q, _ in chunk], docs, truncation="only_second",
                                  max_length=self.max_length, padding=True, return_tensors="pt")
             out.append(self.model(**enc).logits[:, 0].float().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
