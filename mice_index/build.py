@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +26,11 @@ import mice_index
 from mice_index.candidates import BM25Index, DenseConfig, DenseIndexBuilder
 from mice_index.codec import Codec, make_codec, resolve_codec_name
 from mice_index.encoder import DocumentEncoder, EncoderConfig, resolve_device, resolve_dtype
-from mice_index.errors import IndexError_, MiceIndexError, ModelError
+from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
 from mice_index.model import MiceModel
 from mice_index.sources import Document, count_documents, read_documents
 from mice_index.store import layout as L
+from mice_index.store.lock import LOCK, IndexLock
 from mice_index.store.reader import index_info, load_codec, read_manifest
 from mice_index.store.writer import ShardWriter
 
@@ -38,7 +40,7 @@ DenseMode = Literal["auto", "none"]
 # Test hook: "commit:K" SIGKILLs the process right after committing its K-th shard, "precommit:K"
 # just before renaming the K-th shard's tmp folder, "candidates" before the candidate indexes.
 KILL_ENV = "MICE_INDEX_TEST_KILL_AT"
-_LEFTOVERS = {L.CODEC_DIR, L.TMP_PREFIX + L.CODEC_DIR, L.SHARDS_DIR, L.MANIFEST + ".tmp"}
+_LEFTOVERS = {L.CODEC_DIR, L.TMP_PREFIX + L.CODEC_DIR, L.SHARDS_DIR, L.MANIFEST + ".tmp", LOCK}
 
 
 @dataclass(frozen=True)
@@ -129,14 +131,9 @@ class _Builder:
     # -- index folder state --
     def prepare(self) -> dict[str, Any] | None:
         """Existing (incomplete, compatible) manifest to resume, or None for a fresh build."""
-        root = self.root
+        root = self.root  # with --overwrite of an existing index: an empty staging folder (writing_index)
         if (root / L.MANIFEST).exists():
             m = read_manifest(root)
-            if self.cfg.overwrite:
-                log.info("%s: --overwrite: removing the existing index", root)
-                for entry in root.iterdir():
-                    L.remove(entry)
-                return None
             if m.get("complete"):
                 raise IndexError_(f"{root}: already holds a complete index; pass --overwrite to rebuild it")
             if m["model"]["fingerprint"] != self.fingerprint:
@@ -144,6 +141,10 @@ class _Builder:
                     f"{root}: holds states of another model (fingerprint {m['model']['fingerprint']}, "
                     f"{m['model']['name']}) than {self.model_name} ({self.fingerprint}); refusing to append "
                     "(use another --index or --overwrite)")
+            if m["format_version"] != L.FORMAT_VERSION:
+                raise IndexError_(f"{root}: unfinished index was started by an older mice-index (index format "
+                                  f"{m['format_version']}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
+                                  "to rebuild it")
             diff = {k: (m["settings"].get(k), v) for k, v in self.settings.items() if m["settings"].get(k) != v}
             if diff:
                 what = ", ".join(f"{k}: index {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -158,7 +159,8 @@ class _Builder:
                 raise IndexError_(f"{root}: folder is not empty and holds no index ({foreign[0]!r}, ...); "
                                   "refusing to write into it")
             for entry in root.iterdir():  # leftovers of a build killed before its first manifest
-                L.remove(entry)
+                if entry.name != LOCK:  # held by this build
+                    L.remove(entry)
         return None
 
     @property
@@ -252,6 +254,15 @@ class _Builder:
 
     # -- main --
     def run(self) -> int:
+        final = self.root
+        with writing_index(final, self.cfg.overwrite) as target:
+            self.root = target
+            try:
+                return self._run()
+            finally:
+                self.root = final
+
+    def _run(self) -> int:
         m = self.prepare()
         tower, dmodel, dtower, dense_desc = _load_dense(self.model, self.cfg)
         enc_cfg = EncoderConfig(max_doc_length=self.max_len, batch_tokens=self.cfg.batch_tokens,
@@ -260,7 +271,6 @@ class _Builder:
         encoder = DocumentEncoder(self.model, enc_cfg, tower, dmodel, dtower)
         if dense_desc is not None:
             dense_desc["dim"] = encoder.dense_dim
-        self.root.mkdir(parents=True, exist_ok=True)
         if m is None:
             m = self.new_manifest(self.fit_codec(encoder), dense_desc)
             self.write_manifest(m)
@@ -333,7 +343,37 @@ class _Builder:
             L.commit_dir(tmp, self.root / L.DENSE_DIR)
         m["candidates"] = {"bm25": L.BM25_DIR if self.cfg.bm25 else None,
                            "dense": L.DENSE_DIR if m.get("dense") else None,
-                           "dense_kind": self.cfg.dense_kind if m.get("dense") else None}
+                           "dense_kind": self.cfg.dense_kind if m.get("dense") else None,
+                           # checked when a searcher opens them (crc32c: ~10 GB/s)
+                           "files": {k: v for name in (L.BM25_DIR, L.DENSE_DIR) if (self.root / name).is_dir()
+                                     for k, v in L.crc32c_table(self.root, name).items()}}
+
+
+@contextmanager
+def writing_index(root: Path, overwrite: bool) -> Iterator[Path]:
+    """Hold INDEX/.lock (one writer per index; IndexBusyError if taken) and yield the folder to
+    write the build into: `root` itself, or, with `overwrite` and an existing index in `root`, an
+    empty sibling staging folder that replaces `root` (two renames) only once the body returns.
+    A body that raises leaves `root` untouched: the old index stays complete and searchable."""
+    if root.exists() and not root.is_dir():
+        raise IndexError_(f"{root}: exists and is not a folder")
+    with os_errors(root, "creating the index folder"):
+        root.mkdir(parents=True, exist_ok=True)
+    with IndexLock(root):
+        if not (overwrite and (root / L.MANIFEST).exists()):
+            yield root
+            return
+        staging = L.staging_dir(root)
+        with os_errors(staging, "creating the staging folder of --overwrite (next to the index)"):
+            L.remove(staging)  # a replacement whose build was killed: start it again
+            staging.mkdir()
+        log.info("%s: --overwrite: building the replacement in %s", root, staging)
+        try:
+            yield staging
+        except BaseException:
+            L.remove(staging)
+            raise
+        L.replace_dir(staging, root)
 
 
 def _load_model(name: str | None) -> MiceModel:

@@ -85,9 +85,14 @@ class Searcher:
         self.reader, self.model, self.config = reader, model, config
         config = replace(config, depth=clipped("--depth", config.depth, DEFAULT_DEPTH, reader.num_docs))
         self.config = config
-        self._bm25 = BM25Index.load(reader.bm25_path) if config.candidates in ("bm25", "hybrid") else None
+        want_bm25, dense = config.candidates in ("bm25", "hybrid"), reader.dense_path
+        if hasattr(reader, "check_candidates"):  # their files against the manifest's crc32c
+            for name, used in (("bm25", want_bm25), ("dense", dense is not None)):
+                if used:
+                    reader.check_candidates(name)
+        self._bm25 = BM25Index.load(reader.bm25_path) if want_bm25 else None
         # dense is also the fallback for queries with no BM25 term
-        self._dense = DenseIndex.load(reader.dense_path) if reader.dense_path is not None else None
+        self._dense = DenseIndex.load(dense) if dense is not None else None
         if self._dense is None and config.candidates in ("dense", "hybrid"):
             raise SearchError(f"--candidates {config.candidates}: this index has no dense vectors")
         self._embed = dense_query_encoder

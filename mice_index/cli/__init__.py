@@ -7,12 +7,13 @@ errors (MiceIndexError) are printed as one red line with exit code 2, never as a
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
 from rich.console import Console
 
-from mice_index.errors import MiceIndexError
+from mice_index.errors import MiceIndexError, storage_error
 
 app = typer.Typer(
     name="mice-index",
@@ -40,7 +41,33 @@ def main() -> None:
                         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)])
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG
     try:
-        app()
+        try:
+            _run_app()
+        except OSError as exc:  # disk full, permission denied, read-only: one line naming the path
+            err = storage_error(exc, "<stdout>" if exc.filename is None and _stdout_broken() else None)
+            if err is None:
+                raise
+            raise err from exc
     except MiceIndexError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+def _run_app() -> None:
+    try:
+        app()
+    except SystemExit as done:
+        if not done.code:
+            sys.stdout.flush()  # a full disk under a redirected stdout shows here, not at interpreter exit
+        raise
+
+
+def _stdout_broken() -> bool:
+    """True if stdout cannot be flushed; its buffer is then dropped so that the interpreter's exit
+    does not print a second error while flushing it again."""
+    try:
+        sys.stdout.flush()
+        return False
+    except OSError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+        return True

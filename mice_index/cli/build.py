@@ -15,6 +15,7 @@ from rich.table import Table
 from mice_index.build import BuildConfig, build_index
 from mice_index.cli import app
 from mice_index.codec import codec_names
+from mice_index.errors import os_errors
 from mice_index.store import index_info, read_manifest, verify_shards
 from mice_index.text import check_argument
 
@@ -85,7 +86,7 @@ def build_command(
         TextColumn("[bold]encode"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _DocsPerSecond(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet,
     )
-    with progress:
+    with progress, os_errors(index, "building the index"):
         task = progress.add_task("encode", total=None)
         hooks = {"progress": lambda n: progress.advance(task, n),
                  "total_callback": lambda total: progress.update(task, total=total)}
@@ -126,7 +127,8 @@ def info_command(
     table.add_column("key", style="bold")
     table.add_column("value")
     rows = [
-        ("complete", "yes" if info["complete"] else "[red]no[/] (re-run the build to finish it)"),
+        ("complete", "yes" if info["complete"] else "[yellow]no[/] (being built: another process holds the lock)"
+         if info["building"] else "[red]no[/] (re-run the build to finish it)"),
         ("documents", f"{info['num_docs']:,} in {info['num_shards']} shards"),
         ("tokens", f"{info['num_tokens']:,} ({info['truncated_docs']:,} docs truncated at "
                    f"{info['max_doc_length']}, {info['empty_docs']:,} empty)"),

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from mice_index.cli import app
+from mice_index.errors import os_errors
 
 
 @app.command("merge")
@@ -21,7 +22,8 @@ def merge_command(
     dense candidate indexes and write the complete manifest."""
     from mice_index.distributed.static import merge_index
 
-    info = merge_index(index)
+    with os_errors(index, "merging the index"):
+        info = merge_index(index)
     if as_json:
         typer.echo(json.dumps(info))
         return

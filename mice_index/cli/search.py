@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mice_index.cli import app
-from mice_index.errors import SearchError
+from mice_index.errors import SearchError, os_errors
 from mice_index.runs import write_run
 from mice_index.scorer import ScorerConfig
 from mice_index.search import CANDIDATES, RERANKERS, SearchConfig, Searcher
@@ -85,6 +85,7 @@ def search_command(
                   console=console, transient=True) as bar:
         task = bar.add_task("queries", total=len(qs))
         results = searcher.search_many(qs, k=k, progress=lambda n: bar.advance(task, n))
-    write_run(run, results, tag=run_tag)
+    with os_errors(run, "writing the run file"):
+        write_run(run, results, tag=run_tag)
     console.print(f"wrote {sum(map(len, results.values()))} results for {len(results)} queries to {run}",
                   highlight=False)

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from mice_index.cli import app
+from mice_index.errors import os_errors
 
 
 @app.command("train")
@@ -44,6 +45,7 @@ def train_command(
         overrides.append("model.freeze_bottom=False")
     cfg = load_config(config, overrides)
     console = Console(stderr=True)
-    result = Trainer(cfg, progress=not quiet, console=console).train()
+    with os_errors(cfg.output, "writing the training output"):
+        result = Trainer(cfg, progress=not quiet, console=console).train()
     console.print(f"model written to [bold]{result.model_dir}[/] after {result.steps} steps "
                   f"({result.seconds / 60:.1f} min); dev: {result.dev}", highlight=False)

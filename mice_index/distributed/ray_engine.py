@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mice_index.build import BuildConfig, BuildResult, _Builder
+from mice_index.build import BuildConfig, BuildResult, _Builder, writing_index
 from mice_index.distributed.shards import FAULT_ENV, check_same_ids, committed_shards, encode_shard, finalize, shard_blocks, write_manifest
 from mice_index.distributed.static import check_url, make_encoder
 from mice_index.errors import MiceIndexError
@@ -111,11 +111,18 @@ def build_index_ray(corpus, index, config: BuildConfig = BuildConfig(), *, model
     if num_workers is not None and num_workers < 1:
         raise MiceIndexError(f"--num-workers must be >= 1, got {num_workers}")
     t0 = time.perf_counter()
-    root = check_url(index)
-    b = _Builder(corpus, root, config, model, None)
+    final = check_url(index)
+    b = _Builder(corpus, final, config, model, None)
+    with writing_index(final, config.overwrite) as root:  # the lock; --overwrite: a staging folder
+        b.root = root
+        encoded = _build(ray, b, config, ray_address, num_workers, progress, max_retries)
+    return BuildResult(final, index_info(final), encoded, time.perf_counter() - t0)
+
+
+def _build(ray, b: _Builder, config: BuildConfig, ray_address, num_workers, progress, max_retries) -> int:
+    root = b.root
     m = b.prepare()
     encoder, dense = make_encoder(b)
-    root.mkdir(parents=True, exist_ok=True)
     if m is None:
         m = b.new_manifest(b.fit_codec(encoder), dense)  # codec trained once, here
         write_manifest(root, m)
@@ -155,7 +162,7 @@ def build_index_ray(corpus, index, config: BuildConfig = BuildConfig(), *, model
             ray.shutdown()
     finalize(root, m, {int(e["name"]): e for e in m["shards"]}, num_docs, S, config.bm25, config.dense_kind,
              m["settings"]["codec"])
-    return BuildResult(root, index_info(root), encoded, time.perf_counter() - t0)
+    return encoded
 
 
 def _dispatch(ray, actors: list, b: _Builder, done: dict[int, dict], m: dict[str, Any], progress):

@@ -40,6 +40,7 @@ from mice_index.encoder import DocumentEncoder, EncoderConfig
 from mice_index.errors import IndexError_, MiceIndexError
 from mice_index.model import MiceModel
 from mice_index.store import layout as L
+from mice_index.store.lock import LOCK, IndexLock
 from mice_index.store.reader import index_info, load_codec, read_manifest
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def open_shared(b: _Builder, encoder: DocumentEncoder, dense: dict[str, Any] | N
         assert m is not None
         return m
     if root.exists():
-        foreign = [e.name for e in root.iterdir() if e.name not in _STARTING and not e.name.startswith(L.TMP_PREFIX)]
+        foreign = [e.name for e in root.iterdir() if e.name not in _STARTING
+                   and not e.name.startswith((L.TMP_PREFIX, LOCK))]
         if foreign:
             raise IndexError_(f"{root}: folder is not empty and holds no index ({foreign[0]!r}, ...); "
                               "refusing to write into it")
@@ -146,6 +148,19 @@ def build_slice(corpus, index, config: BuildConfig, num_slices: int, slice_id: i
     root = check_url(index)
     b = _Builder(corpus, root, config, model, None)
     encoder, dense = make_encoder(b)
+    if root.exists() and not root.is_dir():
+        raise IndexError_(f"{root}: exists and is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    # slices share the index lock (a plain build or a merge holds it alone); one process per slice
+    with IndexLock(root, shared=True, holder="another process (a build or a merge) holds this index"), \
+            IndexLock(root, path=root / f"{LOCK}-slice-{L.shard_name(slice_id)}-of-{L.shard_name(num_slices)}",
+                      holder=f"slice {slice_id} of {num_slices} is already being built by another process"):
+        return _build_slice(b, encoder, dense, corpus, config, num_slices, slice_id, progress, t0)
+
+
+def _build_slice(b: _Builder, encoder: DocumentEncoder, dense: dict[str, Any] | None, corpus, config: BuildConfig,
+                 num_slices: int, slice_id: int, progress, t0: float) -> SliceResult:
+    root = b.root
     m = open_shared(b, encoder, dense)
     codec = load_codec(root, m)
     S = config.shard_docs
@@ -180,6 +195,12 @@ def _marker_name(i: int, n: int) -> str:
 def merge_index(index) -> dict[str, Any]:
     """Assemble a complete index from the committed slices (see module doc); returns `info`."""
     root = check_url(index)
+    read_manifest(root)  # a clear error before locking if this is no index
+    with IndexLock(root, holder="another process (a build, a slice or a merge) is writing this index"):
+        return _merge(root)
+
+
+def _merge(root: Path) -> dict[str, Any]:
     m = read_manifest(root)
     if m.get("complete"):
         log.info("%s is already complete", root)
@@ -208,4 +229,6 @@ def merge_index(index) -> dict[str, Any]:
     finalize(root, m, committed_shards(root, S), first["num_docs"], S, first["bm25"], first["dense_kind"],
              m["settings"]["codec"])
     L.remove(sdir)
+    for f in root.glob(f"{LOCK}-slice-*"):
+        L.remove(f)  # no slice can hold one: this merge holds the index lock exclusively
     return index_info(root)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mice_index.encoder import resolve_device, resolve_dtype
+from mice_index.errors import SearchError
 from mice_index.model import MiceModel
 from mice_index.scorer.fast import score_pairs
 
@@ -78,6 +79,8 @@ class MiceScorer:
             q_states, q_mask = self.model.encode_queries(list(queries))  # bottom once per query
             for batch in self._prefetched(plan, flat_rows):
                 out[batch.pairs] = self._score_batch(q_states, q_mask, flat_q[batch.pairs], batch)
+            if not np.isfinite(out).all():
+                raise _non_finite(self.reader, flat_rows[~np.isfinite(out)])
         bounds = np.cumsum([0] + [len(c) for c in candidates])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -129,6 +132,17 @@ class MiceScorer:
         if pin:  # pinned host buffers: the copies below run asynchronously
             docs, mask = docs.pin_memory(), mask.pin_memory()
         return docs.to(self.device, self.dtype, non_blocking=pin), mask.to(self.device, non_blocking=pin)
+
+
+def _non_finite(reader: StateReader, rows: np.ndarray) -> Exception:
+    """A NaN / infinite score is never returned: blame the stored states (the reader names the
+    damaged shard) when they are non-finite, else the model."""
+    check = getattr(reader, "check_states", None)
+    if check is not None:
+        check(rows.tolist())  # raises IndexError_ naming the shard
+    return SearchError(f"the MICE model gave a non-finite score for {rows.size} candidate(s) (rows "
+                       f"{', '.join(map(str, rows[:5].tolist()))}) although their stored states are finite; "
+                       "the model's weights are damaged or overflow: try --dtype fp32 or another --model")
 
 
 def _token_batches(sorted_lengths: np.ndarray, budget: int) -> Iterator[slice]:

@@ -20,9 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mice_index.errors import IndexError_
+from mice_index.errors import IndexError_, os_errors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every inner zarr chunk carries a crc32c (format 1 had none; still read)
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SHARD_META = "shard.json"
 STATES = "states.zarr"
@@ -68,12 +69,66 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with os_errors(path, "writing"):
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+
+
+def staging_dir(root: Path) -> Path:
+    """Sibling folder where `build --overwrite` writes the replacement of the index in `root`."""
+    return root.parent / f"{TMP_PREFIX}{root.name}"
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put the complete folder `new` in place of `final` (rename final away, rename new in, then
+    delete the old one). Killed between the two renames, `final` is missing and `new` is still
+    complete under its staging name (read_manifest says so)."""
+    old = final.parent / f"{TMP_PREFIX}{final.name}.old"
+    with os_errors(final, "replacing the index with its rebuilt copy"):
+        remove(old)
+        fsync_dir(new)
+        os.rename(final, old)
+        os.rename(new, final)
+        fsync_dir(final.parent)
+        remove(old)
+
+
+def damaged(path: Path, detail: str, root: Path | None = None, shard: str | None = None) -> IndexError_:
+    """One-line error for a damaged index file: what is wrong, which shard, how to repair."""
+    where = f" (build shard {shard} is damaged)" if shard is not None else " (the index is damaged)"
+    fix = ("rebuild the index: re-run its `mice-index build` command with --overwrite (the damaged index "
+           "stays in place until the new one is complete)")
+    if root is not None:
+        try:
+            corpus = json.loads((root / MANIFEST).read_text()).get("corpus")
+        except (OSError, ValueError, AttributeError):
+            corpus = None
+        if corpus:
+            fix = (f"rebuild the index: mice-index build --corpus {corpus} --index {root} --overwrite (with the "
+                   "options of the original build; the damaged index stays in place until the new one is complete)")
+    return IndexError_(f"{path}: {detail}{where}; {fix}")
+
+
+def crc32c_file(path: Path) -> int:
+    """crc32c of a whole file (hardware-accelerated; used for the candidate indexes' files)."""
+    import google_crc32c
+
+    c = google_crc32c.Checksum()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            c.update(block)
+    return int.from_bytes(c.digest(), "big")
+
+
+def crc32c_table(root: Path, folder: str) -> dict[str, dict[str, int]]:
+    """{"folder/relative path": {bytes, crc32c}} for every file under root/folder."""
+    base = root / folder
+    return {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "crc32c": crc32c_file(p)}
+            for p in sorted(base.rglob("*")) if p.is_file()}
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -82,7 +137,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise IndexError_(f"{path}: missing {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexError_(f"{path}: corrupt {what} ({exc})") from None
+        raise damaged(path, f"corrupt {what} ({exc})") from None
 
 
 def sha256_file(path: Path) -> str:

@@ -9,13 +9,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import pyarrow.parquet as pq
 import zarr
 
 from mice_index.codec import Codec, Parts, codec_from_params
-from mice_index.errors import IndexError_
+from mice_index.errors import IndexBusyError, IndexError_
 from mice_index.store import layout as L
+from mice_index.store.lock import LOCK, is_locked
 
 log = logging.getLogger(__name__)
 
@@ -23,107 +25,205 @@ _MISSING = np.uint64(2**64 - 1)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of the index in `root` (complete or not); IndexError_ naming the file if absent,
+    unreadable or of a format version this library cannot read."""
     root = Path(root)
     if not root.is_dir():
+        staging = L.staging_dir(root)
+        if (staging / L.MANIFEST).is_file():
+            raise IndexError_(f"{root}: index folder not found, but {staging} holds its rebuilt copy (a `build "
+                              f"--overwrite` was stopped while swapping folders): rename {staging} to {root}")
         raise IndexError_(f"{root}: index folder not found")
-    manifest = L.read_json(root / L.MANIFEST, "index manifest (not an index folder, or the build never started)")
-    if manifest.get("format_version") != L.FORMAT_VERSION:
-        raise IndexError_(f"{root / L.MANIFEST}: unsupported index format version "
-                          f"{manifest.get('format_version')!r} (this library reads {L.FORMAT_VERSION})")
+    path = root / L.MANIFEST
+    manifest = L.read_json(path, "index manifest (not an index folder, or the build never started)")
+    if not isinstance(manifest, dict) or "format_version" not in manifest:
+        raise L.damaged(path, "not an index manifest")
+    if manifest.get("format_version") not in L.READABLE_VERSIONS:
+        raise IndexError_(f"{path}: unsupported index format version {manifest.get('format_version')!r} "
+                          f"(this library reads {', '.join(map(str, L.READABLE_VERSIONS))})")
+    ok = (isinstance(manifest.get("shards"), list) and isinstance(manifest.get("codec"), dict)
+          and isinstance(manifest.get("model"), dict) and all(isinstance(e, dict) and {"name", "start_row", "num_docs"}
+                                                               <= e.keys() for e in manifest["shards"]))
+    if not ok:
+        raise L.damaged(path, "manifest lacks shards / codec / model entries", root)
     return manifest
 
 
 def load_codec(root: Path, manifest: dict[str, Any]) -> Codec:
+    """The index's codec from its stored parameters, checked against the manifest's fingerprint."""
     arrays = {}
     for name in manifest["codec"].get("arrays", []):
         path = Path(root) / L.CODEC_DIR / f"{name}.npy"
         try:
             arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IndexError_(f"{path}: cannot read codec parameters ({exc})") from None
-    return codec_from_params(manifest["codec"]["config"], arrays)
+        except (OSError, ValueError, EOFError) as exc:
+            raise L.damaged(path, f"cannot read codec parameters ({exc})", root) from None
+    codec = codec_from_params(manifest["codec"]["config"], arrays)
+    want = manifest["codec"].get("fingerprint")
+    if want is not None and codec.fingerprint() != want:
+        raise L.damaged(Path(root) / L.CODEC_DIR, f"codec parameters changed (fingerprint {codec.fingerprint()}, "
+                        f"manifest {want})", root)
+    return codec
+
+
+def _crc32c(buf) -> bytes:
+    return np.uint32(google_crc32c.value(buf)).tobytes()
 
 
 class _Column:
-    """One codec column of one build shard: zarr array read through memory maps of its zarr shard
-    files when they are laid out contiguously (always, as written by ShardWriter), else via zarr."""
+    """One codec column of one build shard. Read through memory maps of its zarr shard files when
+    they have the writer's layout (inner chunks stored contiguously, uncompressed, each followed by
+    its crc32c in format 2), checking the crc32c of every chunk a read touches; other layouts are
+    read through zarr (which checks the crc32c codec itself). Damage -> IndexError_ naming the file."""
 
-    def __init__(self, arr: zarr.Array, path: Path):
-        self.arr, self.path = arr, path
+    def __init__(self, arr: zarr.Array, path: Path, root: Path, shard: str):
+        self.arr, self.path, self.root, self.shard = arr, path, root, shard
         self.n, self.width = arr.shape
         self.dtype = np.dtype(arr.dtype)
         self.maps: list[np.ndarray] | None = None
-        try:
-            self.maps = self._map()
-        except (OSError, ValueError, AssertionError, KeyError, TypeError) as exc:
-            log.debug("%s: not memory-mappable (%s); reading through zarr", path, exc)
+        self.crcs: list[np.ndarray] | None = None  # per zarr shard: [chunks] stored crc32c (format 2)
+        self.chunks: list[np.ndarray] | None = None  # per zarr shard: [chunks, chunk_bytes] raw bytes
+        layout = self._layout()
+        if layout is None:
+            log.debug("%s: not the writer's layout; reading through zarr", path)
+        else:
+            self._map(*layout)
 
-    def _map(self) -> list[np.ndarray]:
+    def _damaged(self, path: Path, detail: str) -> IndexError_:
+        return L.damaged(path, detail, self.root, self.shard)
+
+    def _layout(self) -> tuple[int, int, bool, bool] | None:
+        """(rows per zarr shard, rows per chunk, chunk crc?, index crc?) or None if not ours."""
         meta = L.read_json(self.path / "zarr.json", "zarr array metadata")
-        (sh,) = meta["codecs"]
-        assert sh["name"] == "sharding_indexed" and sh["configuration"]["index_location"] == "end"
-        inner = sh["configuration"]["codecs"]
-        assert len(inner) == 1 and inner[0]["name"] == "bytes"
-        assert self.dtype.itemsize == 1 or inner[0]["configuration"]["endian"] == "little"
-        shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-        chunk_rows = sh["configuration"]["chunk_shape"][0]
+        try:
+            (sh,) = meta["codecs"]
+            conf = sh["configuration"]
+            inner = [c["name"] for c in conf["codecs"]]
+            index = [c["name"] for c in conf.get("index_codecs", [{"name": "bytes"}, {"name": "crc32c"}])]
+            if sh["name"] != "sharding_indexed" or conf["index_location"] != "end":
+                return None
+            if inner not in (["bytes"], ["bytes", "crc32c"]) or index not in (["bytes"], ["bytes", "crc32c"]):
+                return None
+            if self.dtype.itemsize > 1 and conf["codecs"][0]["configuration"]["endian"] != "little":
+                return None
+            return (meta["chunk_grid"]["configuration"]["chunk_shape"][0], conf["chunk_shape"][0],
+                    len(inner) == 2, len(index) == 2)
+        except (KeyError, ValueError, TypeError, IndexError):
+            return None
+
+    def _map(self, shard_rows: int, chunk_rows: int, chunk_crc: bool, index_crc: bool) -> None:
         chunk_bytes = chunk_rows * self.width * self.dtype.itemsize
+        rec = chunk_bytes + 4 * chunk_crc  # one stored chunk
         per_shard = shard_rows // chunk_rows
-        maps = []
+        index_bytes = 16 * per_shard + 4 * index_crc
+        maps, crcs, chunks = [], [], []
         for s in range(-(-self.n // shard_rows)):
             f = self.path / "c" / str(s) / "0"
-            raw = np.memmap(f, dtype=np.uint8, mode="r")
-            index = np.frombuffer(raw[-(16 * per_shard + 4):-4].tobytes(), dtype="<u8").reshape(per_shard, 2)
             used = -(-min(shard_rows, self.n - s * shard_rows) // chunk_rows)
-            assert (index[:used, 0] == np.arange(used, dtype=np.uint64) * chunk_bytes).all()
-            assert (index[:used, 1] == chunk_bytes).all()
-            maps.append(raw[: used * chunk_bytes].view(self.dtype).reshape(used * chunk_rows, self.width))
-        self.shard_rows = shard_rows
-        return maps
+            want = used * rec + index_bytes
+            try:
+                size = f.stat().st_size
+            except FileNotFoundError:
+                raise self._damaged(f, "zarr shard file missing") from None
+            if size != want:
+                raise self._damaged(f, f"{size} bytes, expected {want} (truncated or overwritten)")
+            raw = np.memmap(f, dtype=np.uint8, mode="r")
+            tail = raw[size - index_bytes:]
+            if index_crc and _crc32c(tail[:-4]) != tail[-4:].tobytes():
+                raise self._damaged(f, "crc32c mismatch in the zarr shard index")
+            index = np.frombuffer(tail[: 16 * per_shard].tobytes(), dtype="<u8").reshape(per_shard, 2)
+            if not ((index[:used, 0] == np.arange(used, dtype=np.uint64) * rec).all()
+                    and (index[:used, 1] == rec).all()):
+                raise self._damaged(f, "the zarr shard index does not describe the stored chunks")
+            stored = raw[: used * rec].reshape(used, rec)
+            chunks.append(stored[:, :chunk_bytes])
+            crcs.append(stored[:, chunk_bytes:].view("<u4").reshape(used) if chunk_crc else None)
+            maps.append(stored[:, :chunk_bytes].view(self.dtype).reshape(used, chunk_rows, self.width))
+        self.shard_rows, self.chunk_rows = shard_rows, chunk_rows
+        self.maps, self.chunks = maps, chunks
+        self.crcs = crcs if chunk_crc else None
 
-    def read(self, ranges: list[tuple[int, int]]) -> np.ndarray:
-        """Rows [a, b) of every range, concatenated."""
+    def read(self, ranges: list[tuple[int, int]], verify: bool = True) -> np.ndarray:
+        """Rows [a, b) of every range, concatenated; `verify`: check each touched chunk's crc32c."""
         if not ranges:
             return np.zeros((0, self.width), self.dtype)
         if self.maps is None:
-            return np.concatenate([self.arr[a:b] for a, b in ranges])
-        out, S = [], self.shard_rows
+            try:
+                return np.concatenate([self.arr[a:b] for a, b in ranges])
+            except Exception as exc:  # noqa: BLE001 - zarr raises ValueError / codec errors for bad bytes
+                raise self._damaged(self.path, f"zarr cannot read it ({str(exc).splitlines()[0][:120]})") from None
+        out, S, C = [], self.shard_rows, self.chunk_rows
+        checked: set[tuple[int, int]] = set()
         for a, b in ranges:
             while a < b:
-                s = a // S
-                e = min(b, (s + 1) * S)
-                out.append(self.maps[s][a - s * S: e - s * S])
+                s, c = a // S, (a % S) // C
+                e = min(b, s * S + (c + 1) * C)  # rows of this range inside chunk (s, c)
+                if verify and self.crcs is not None and (s, c) not in checked:
+                    self._check(s, c)
+                    checked.add((s, c))
+                lo = a - s * S - c * C
+                out.append(self.maps[s][c, lo: lo + e - a])
                 a = e
         return np.concatenate(out) if len(out) > 1 else np.array(out[0])
+
+    def _check(self, s: int, c: int) -> None:
+        if google_crc32c.value(self.chunks[s][c]) != int(self.crcs[s][c]):
+            raise self._damaged(self.path / "c" / str(s) / "0",
+                                f"crc32c mismatch in chunk {c} (rows {s * self.shard_rows + c * self.chunk_rows}..)")
 
 
 class _Shard:
     def __init__(self, root: Path, info: dict[str, Any], columns: list[str]):
+        self.root, self.name = root, info["name"]
         self.dir = root / L.SHARDS_DIR / info["name"]
         self.start, self.num_docs = info["start_row"], info["num_docs"]
         self._names = columns
+
+    def damaged(self, path: Path, detail: str) -> IndexError_:
+        return L.damaged(path, detail, self.root, self.name)
 
     @cached_property
     def group(self) -> zarr.Group:
         try:
             return zarr.open_group(str(self.dir / L.STATES), mode="r")
         except Exception as exc:  # noqa: BLE001 - zarr raises several types for a broken store
-            raise IndexError_(f"{self.dir / L.STATES}: cannot open zarr group ({exc})") from None
+            raise self.damaged(self.dir / L.STATES, f"cannot open zarr group ({exc})") from None
+
+    def _array(self, name: str) -> zarr.Array:
+        try:
+            return self.group[name]
+        except Exception as exc:  # noqa: BLE001 - KeyError for a missing array, ValueError for bad metadata
+            raise self.damaged(self.dir / L.STATES / name, f"cannot open zarr array ({exc})") from None
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        return np.asarray(self.group["offsets"][:], dtype=np.int64)
+        path = self.dir / L.STATES / "offsets"
+        try:
+            off = np.asarray(self._array("offsets")[:], dtype=np.int64)
+        except IndexError_:
+            raise
+        except Exception as exc:  # noqa: BLE001 - checksum ValueError, short reads
+            raise self.damaged(path, f"cannot read document offsets ({str(exc).splitlines()[0][:120]})") from None
+        if off.shape != (self.num_docs + 1,) or off[0] != 0 or (np.diff(off) < 0).any():
+            raise self.damaged(path, "document offsets are inconsistent")
+        return off
 
     @cached_property
     def columns(self) -> dict[str, _Column]:
-        return {k: _Column(self.group[k], self.dir / L.STATES / k) for k in self._names}
+        cols = {k: _Column(self._array(k), self.dir / L.STATES / k, self.root, self.name) for k in self._names}
+        for k, c in cols.items():
+            if c.n != self.offsets[-1]:
+                raise self.damaged(self.dir / L.STATES / k, f"holds {c.n} tokens, the offsets say {self.offsets[-1]}")
+        return cols
 
     def table(self, columns: list[str]):
         path = self.dir / L.DOCS
         try:
-            return pq.read_table(path, columns=columns, memory_map=True)
+            return pq.read_table(path, columns=columns, memory_map=True, page_checksum_verification=True)
+        except FileNotFoundError:
+            raise self.damaged(path, "document table missing") from None
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
-            raise IndexError_(f"{path}: cannot read document table ({exc})") from None
+            raise self.damaged(path, f"cannot read document table ({str(exc).splitlines()[0][:120]})") from None
 
 
 class IndexReader:
@@ -141,8 +241,14 @@ class IndexReader:
     def open(cls, path: str | Path, allow_incomplete: bool = False) -> IndexReader:
         manifest = read_manifest(Path(path))
         if not manifest.get("complete") and not allow_incomplete:
+            if is_locked(path):
+                raise IndexBusyError(f"{path}: index is being built (another process holds the lock "
+                                     f"{Path(path) / LOCK}); wait for that build to finish")
             raise IndexError_(f"{path}: index is incomplete (its build was interrupted or failed); "
                               "re-run the same `mice-index build` command to finish it")
+        if manifest["format_version"] < L.FORMAT_VERSION:
+            log.info("%s: index format %s has no per-chunk checksums (rebuild with --overwrite to add them)",
+                     path, manifest["format_version"])
         return cls(Path(path), manifest)
 
     # -- basic properties --
@@ -157,6 +263,34 @@ class IndexReader:
     @property
     def hidden_size(self) -> int:
         return int(self.manifest["model"]["hidden_size"])
+
+    def shard_name(self, row: int) -> str:
+        """Name of the build shard holding `row` (e.g. "00003")."""
+        shard, _ = self._locate([row])
+        return self._shards[int(shard[0])].name
+
+    def check_states(self, rows) -> None:
+        """IndexError_ naming the build shard if any of `rows`' decoded states is NaN or infinite."""
+        for row, states in zip(np.asarray(rows).reshape(-1), self.get_states(rows)):
+            if not np.isfinite(states).all():
+                sh = self._shards[int(self._locate([row])[0][0])]
+                raise sh.damaged(sh.dir / L.STATES, f"document row {int(row)} ({self.doc_id(int(row))!r}) has "
+                                 "non-finite stored states")
+
+    def check_candidates(self, name: str) -> Path:
+        """The folder of candidate index `name` (bm25 / dense) after checking its files' sizes and
+        crc32c against the manifest (indexes built before these were recorded: not checked)."""
+        folder = self.root / name
+        files = (self.manifest.get("candidates") or {}).get("files", {})
+        for rel, want in files.items():
+            if not rel.startswith(name + "/"):
+                continue
+            path = self.root / rel
+            if not path.is_file():
+                raise L.damaged(path, f"file of the {name} index missing", self.root)
+            if path.stat().st_size != want["bytes"] or L.crc32c_file(path) != want["crc32c"]:
+                raise L.damaged(path, f"checksum mismatch in the {name} index", self.root)
+        return folder
 
     @property
     def bm25_path(self) -> Path:
@@ -231,7 +365,12 @@ class IndexReader:
         """Stored dense vectors [n, Dd] (all rows by default); None without a dense model."""
         if not self.manifest.get("dense"):
             return None
-        mats = [np.load(s.dir / L.DENSE, mmap_mode="r") for s in self._shards]
+        mats = []
+        for s in self._shards:
+            try:
+                mats.append(np.load(s.dir / L.DENSE, mmap_mode="r"))
+            except (OSError, ValueError, EOFError) as exc:
+                raise s.damaged(s.dir / L.DENSE, f"cannot read dense vectors ({exc})") from None
         if rows is None:
             return np.concatenate(mats) if mats else None
         shard, local = self._locate(rows)
@@ -273,17 +412,20 @@ def verify_shards(root: Path, manifest: dict[str, Any], deep: bool = True) -> No
         d = root / L.SHARDS_DIR / info["name"]
         meta_path = d / L.SHARD_META
         if not meta_path.is_file():
-            raise IndexError_(f"{meta_path}: shard metadata missing (shard {info['name']} is damaged)")
+            raise L.damaged(meta_path, "shard metadata missing", root, info["name"])
         if L.sha256_file(meta_path) != info["sha256"]:
-            raise IndexError_(f"{meta_path}: checksum mismatch (shard {info['name']} is damaged)")
+            raise L.damaged(meta_path, "checksum mismatch", root, info["name"])
         meta = L.read_json(meta_path, "shard metadata")
         for rel, want in meta["files"].items():
             f = d / rel
             if not f.is_file():
-                raise IndexError_(f"{f}: missing file of shard {info['name']}")
+                raise L.damaged(f, "file missing", root, info["name"])
             if f.stat().st_size != want["bytes"] or (deep and L.sha256_file(f) != want["sha256"]):
-                raise IndexError_(f"{f}: checksum mismatch (shard {info['name']} is damaged; rebuild it "
-                                  "by deleting the shard folder and re-running the build)")
+                raise L.damaged(f, "checksum mismatch", root, info["name"])
+    for rel, want in (manifest.get("candidates") or {}).get("files", {}).items():
+        f = root / rel
+        if not f.is_file() or f.stat().st_size != want["bytes"] or (deep and L.crc32c_file(f) != want["crc32c"]):
+            raise L.damaged(f, "missing, or checksum mismatch", root)
 
 
 def index_info(path: str | Path) -> dict[str, Any]:
@@ -298,6 +440,7 @@ def index_info(path: str | Path) -> dict[str, Any]:
         state_bytes += sum(L.dir_bytes(d / c) for c in cols if (d / c).is_dir())
     return {
         "path": str(root), "format_version": m["format_version"], "complete": bool(m.get("complete")),
+        "building": not m.get("complete") and is_locked(root),
         "num_docs": int(sum(s["num_docs"] for s in m["shards"])), "num_tokens": num_tokens,
         "num_shards": len(m["shards"]),
         "truncated_docs": int(sum(s["truncated_docs"] for s in m["shards"])),

@@ -12,9 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from mice_index.codec import Codec
 from mice_index.encoder import EncodedWindow
+from mice_index.errors import os_errors
 from mice_index.store import layout as L
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ DOC_SCHEMA = pa.schema([
 def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array:
     return group.create_array(
         name, shape=(0, width), dtype=dtype, chunks=(ZARR_CHUNK_TOKENS, width),
-        shards=(ZARR_SHARD_TOKENS, width), compressors=None, fill_value=0,
+        shards=(ZARR_SHARD_TOKENS, width), compressors=[Crc32cCodec()], fill_value=0,  # crc32c per inner chunk
         config={"write_empty_chunks": True},  # every chunk present -> contiguous, memory-mappable
     )
 
@@ -43,6 +45,10 @@ class ShardWriter:
         self.index, self.start_row, self.codec = index, start_row, codec
         self.tmp = root / L.SHARDS_DIR / (L.TMP_PREFIX + L.shard_name(index))
         self.final = root / L.SHARDS_DIR / L.shard_name(index)
+        with os_errors(self.tmp, f"creating build shard {self.final.name}"):
+            self._open(codec)
+
+    def _open(self, codec: Codec) -> None:
         L.remove(self.tmp)
         self.tmp.mkdir(parents=True)
         self.group = zarr.open_group(str(self.tmp / L.STATES), mode="w")
@@ -55,9 +61,14 @@ class ShardWriter:
         self.truncated = 0
         self.empty = 0
         self.num_docs = 0
-        self.docs = pq.ParquetWriter(str(self.tmp / L.DOCS), DOC_SCHEMA)
+        self.docs = pq.ParquetWriter(str(self.tmp / L.DOCS), DOC_SCHEMA, write_page_checksum=True)
 
     def add(self, win: EncodedWindow) -> None:
+        """Append one encoded window (the next rows of this shard)."""
+        with os_errors(self.tmp, f"writing build shard {self.final.name}"):
+            self._add(win)
+
+    def _add(self, win: EncodedWindow) -> None:
         assert win.start_row == self.start_row + self.num_docs, (win.start_row, self.start_row, self.num_docs)
         parts = self.codec.encode(win.states)
         for k, a in parts.items():
@@ -92,6 +103,10 @@ class ShardWriter:
 
     def commit(self) -> dict[str, Any]:
         """Finish all files, write shard.json with checksums, rename tmp -> final (atomic)."""
+        with os_errors(self.tmp, f"writing build shard {self.final.name}"):
+            return self._commit()
+
+    def _commit(self) -> dict[str, Any]:
         self._flush(final=True)
         self.docs.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int32)
@@ -100,7 +115,7 @@ class ShardWriter:
         assert offsets[-1] == self.written_tokens
         for name, data in (("offsets", offsets), ("lengths", lengths)):
             a = self.group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(max(1, data.size),),
-                                        compressors=None, fill_value=0)
+                                        compressors=[Crc32cCodec()], fill_value=0)
             a[:] = data
         if self.dense:
             np.save(self.tmp / L.DENSE, np.concatenate(self.dense).astype(np.float32))
