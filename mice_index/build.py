@@ -171,7 +171,7 @@ class _Builder:
         config, arrays = codec.to_params()
         tmp, final = self.root / (L.TMP_PREFIX + L.CODEC_DIR), self.root / L.CODEC_DIR
         L.remove(tmp)
-        tmp.mkdir(parents=True)
+        tmp.mkdir()  # not parents=True: an index folder removed meanwhile is an error
         for name, a in arrays.items():
             np.save(tmp / f"{name}.npy", a, allow_pickle=False)
         L.remove(final)

@@ -62,7 +62,7 @@ def storage_error(exc: OSError, path: object = None, action: str | None = None) 
     where = exc.filename if exc.filename is not None else path
     head = f"{where}: " if where is not None else ""
     doing = f" while {action}" if action else ""
-    return StorageError(f"{head}{advice}{doing} [errno {errno.errorcode.get(exc.errno, exc.errno)}]")
+    return StorageError(f"{head}{advice}{doing} ({errno.errorcode.get(exc.errno, exc.errno)})")
 
 
 @contextlib.contextmanager
@@ -76,6 +76,9 @@ def os_errors(path: object, action: str) -> Iterator[None]:
         yield
     except OSError as exc:
         err = storage_error(exc, path, action)
+        if err is None and exc.errno is None:  # e.g. numpy's short write "N requested and 0 written"
+            err = StorageError(f"{exc.filename or path}: {action} failed ({exc}); check the free space and "
+                               "permissions there, then re-run")
         if err is None:
             raise
         raise err from exc

@@ -12,6 +12,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mice_index.errors import MiceIndexError, storage_error
 
@@ -44,12 +45,14 @@ def main() -> None:
         try:
             _run_app()
         except OSError as exc:  # disk full, permission denied, read-only: one line naming the path
-            err = storage_error(exc, "<stdout>" if exc.filename is None and _stdout_broken() else None)
+            # the commands name the files they write (os_errors); what is left without a name is stdout
+            err = storage_error(exc, "<stdout>" if exc.filename is None else None)
             if err is None:
                 raise
             raise err from exc
     except MiceIndexError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _drop_stdout()
         sys.exit(2)
 
 
@@ -62,12 +65,10 @@ def _run_app() -> None:
         raise
 
 
-def _stdout_broken() -> bool:
-    """True if stdout cannot be flushed; its buffer is then dropped so that the interpreter's exit
-    does not print a second error while flushing it again."""
+def _drop_stdout() -> None:
+    """If stdout cannot be flushed (e.g. the disk under a redirected stdout is full), drop its
+    buffer so that the interpreter's exit does not print a second error."""
     try:
         sys.stdout.flush()
-        return False
     except OSError:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
-        return True

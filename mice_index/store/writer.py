@@ -50,7 +50,8 @@ class ShardWriter:
 
     def _open(self, codec: Codec) -> None:
         L.remove(self.tmp)
-        self.tmp.mkdir(parents=True)
+        self.tmp.parent.mkdir(exist_ok=True)  # not parents=True: an index folder removed meanwhile is an error
+        self.tmp.mkdir()
         self.group = zarr.open_group(str(self.tmp / L.STATES), mode="w")
         self.columns = {k: create_column(self.group, k, np.dtype(dt), w) for k, (dt, w) in codec.columns().items()}
         self.pending: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
