@@ -100,17 +100,36 @@ def replace_dir(new: Path, final: Path) -> None:
 def damaged(path: Path, detail: str, root: Path | None = None, shard: str | None = None) -> IndexError_:
     """One-line error for a damaged index file: what is wrong, which shard, how to repair."""
     where = f" (build shard {shard} is damaged)" if shard is not None else " (the index is damaged)"
-    fix = ("rebuild the index: re-run its `mice-index build` command with --overwrite (the damaged index "
-           "stays in place until the new one is complete)")
-    if root is not None:
-        try:
-            corpus = json.loads((root / MANIFEST).read_text()).get("corpus")
-        except (OSError, ValueError, AttributeError):
-            corpus = None
-        if corpus:
-            fix = (f"rebuild the index: mice-index build --corpus {corpus} --index {root} --overwrite (with the "
-                   "options of the original build; the damaged index stays in place until the new one is complete)")
-    return IndexError_(f"{path}: {detail}{where}; {fix}")
+    command = rebuild_command(root) if root is not None else None
+    fix = (f"rebuild the index: {command}" if command else
+           "rebuild the index: re-run its `mice-index build` command with --overwrite")
+    return IndexError_(f"{path}: {detail}{where}; {fix} (the damaged index stays in place until the new one is "
+                       "complete)")
+
+
+# build options recorded in the manifest, with the CLI's defaults (left out of the command)
+_OPTIONS = (("codec", "--codec", "fp16"), ("shard_docs", "--shard-docs", 8192), ("dense", "--dense", "auto"),
+            ("id_field", "--id-field", "_id"), ("text_field", "--text-field", "text"),
+            ("title_field", "--title-field", "title"), ("batch_tokens", "--batch-tokens", 8192),
+            ("max_doc_length", "--max-doc-length", None))
+
+
+def rebuild_command(root: Path) -> str | None:
+    """The `mice-index build ... --overwrite` command that rebuilds the index in `root` with the
+    options its manifest records (None if the manifest cannot be read)."""
+    try:
+        m = json.loads((root / MANIFEST).read_text())
+        corpus, settings, model = m["corpus"], m["settings"], m["model"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    args = [f"--corpus {corpus}", f"--index {root}"]
+    if model != "default":
+        args.append(f"--model {model}")
+    args += [f"{flag} {settings[k]}" for k, flag, default in _OPTIONS if k in settings and settings[k] != default]
+    kind = (m.get("candidates") or {}).get("dense_kind")
+    if kind and kind != "flat":
+        args.append(f"--dense-kind {kind}")
+    return "mice-index build " + " ".join(args) + " --overwrite"
 
 
 def crc32c_file(path: Path) -> int:
