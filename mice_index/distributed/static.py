@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,8 @@ def make_encoder(b: _Builder) -> tuple[DocumentEncoder, dict[str, Any] | None]:
 def manifest_for(b: _Builder, codec: Codec, dense: dict[str, Any] | None) -> dict[str, Any]:
     """The single-process build's first (incomplete) manifest for an already published codec."""
     codec_dir = b.root / L.CODEC_DIR
-    saved = b.root / (L.TMP_PREFIX + "unused")
+    saved = b.root / f"{L.TMP_PREFIX}unused-{uuid.uuid4().hex[:12]}"  # private: slices start together
+    saved.mkdir()
     # _Builder.new_manifest also (re)writes INDEX/codec; give it a scratch root instead.
     probe = _Builder.__new__(_Builder)
     probe.__dict__.update(b.__dict__)

@@ -264,6 +264,11 @@ class IndexReader:
     def hidden_size(self) -> int:
         return int(self.manifest["model"]["hidden_size"])
 
+    @property
+    def chunk_checksums(self) -> bool:
+        """True if every state read checks the crc32c of the chunks it touches (format 2 layout)."""
+        return all(c.crcs is not None for s in self._shards for c in s.columns.values())
+
     def shard_name(self, row: int) -> str:
         """Name of the build shard holding `row` (e.g. "00003")."""
         shard, _ = self._locate([row])
