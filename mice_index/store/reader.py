@@ -236,6 +236,7 @@ class IndexReader:
         self._shards = [_Shard(self.root, s, cols) for s in manifest["shards"]]
         self._starts = [s.start for s in self._shards]
         self._tables: OrderedDict[int, Any] = OrderedDict()
+        self.verify_chunks = True  # check each touched chunk's crc32c (False: benchmarks only)
 
     @classmethod
     def open(cls, path: str | Path, allow_incomplete: bool = False) -> IndexReader:
@@ -346,7 +347,7 @@ class IndexReader:
             pos = pos[np.argsort(local[pos], kind="stable")]  # read in storage order
             off = sh.offsets
             ranges = [(int(off[r]), int(off[r + 1])) for r in local[pos]]
-            data = {k: c.read(ranges) for k, c in sh.columns.items()}
+            data = {k: c.read(ranges, self.verify_chunks) for k, c in sh.columns.items()}
             bounds = np.cumsum([0] + [b - a for a, b in ranges])
             for j, p in enumerate(pos):
                 out[p] = {k: v[bounds[j]: bounds[j + 1]] for k, v in data.items()}

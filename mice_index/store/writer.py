@@ -22,7 +22,7 @@ from mice_index.store import layout as L
 log = logging.getLogger(__name__)
 
 ZARR_SHARD_TOKENS = 16384  # tokens per zarr shard file (one file per column per 16k tokens)
-ZARR_CHUNK_TOKENS = 256  # tokens per inner chunk (the unit of a random read)
+ZARR_CHUNK_TOKENS = 64  # tokens per inner chunk (the unit of a random read and of its crc32c check)
 
 DOC_SCHEMA = pa.schema([
     ("row", pa.int64()), ("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string()),
