@@ -148,6 +148,7 @@ def test_not_an_index(tmp_path):
 def test_uncommitted_shard_is_invisible(tmp_path):
     rng = np.random.default_rng(2)
     root = tmp_path / "idx"
+    root.mkdir()  # the writer never creates the index folder (one removed while writing is an error)
     w = ShardWriter(root, 0, 0, make_codec("fp32", D))
     w.add(_window(rng, 0, [5, 6]))
     assert w.tmp.is_dir() and not w.final.exists()
