@@ -83,7 +83,7 @@ def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec:
         run = searcher.search_many(queries, k=min(depth, searcher.reader.num_docs))
         run_path = work / "runs" / f"{folder.name}-{codec}-{candidates}-{rerank}-{alpha}.run"
         run_path.parent.mkdir(parents=True, exist_ok=True)
-        write_run(run_path, run, tag=name)
+        write_run(run_path, run, tag="".join(name.split()))
         results[name] = evaluate(run_path, folder, METRICS)
         log(f"[{folder.name}] {name:28s} "
             + "  ".join(f"{m} {v:.4f}" for m, v in results[name].items())
