@@ -55,9 +55,9 @@ async function search(event) {
   if (event) event.preventDefault();
   const q = $("q").value.trim();
   if (!q) return;
-  const params = new URLSearchParams({ q, k: $("k").value, candidates: $("candidates").value,
-                                       rerank: $("rerank").value, explain: $("explain").checked });
-  if ($("depth").value) params.set("depth", $("depth").value);
+  const params = new URLSearchParams({ q, candidates: $("candidates").value, rerank: $("rerank").value,
+                                       explain: $("explain").checked });
+  for (const name of ["k", "depth"]) if ($(name).value) params.set(name, $(name).value);
   $("status").className = "muted";
   $("status").textContent = "searching…";
   try {
