@@ -4,6 +4,8 @@ to the same queries through `Searcher` in the benchmark's own process (the yards
 The server is started as a subprocess on 127.0.0.1 (a free port) with the given index and search
 settings; the load generator (httpx, asyncio) talks only to it, sends a bounded number of requests
 per level, gives up on a level after --max-seconds, and stops the server with SIGTERM at the end.
+The levels and the in-process runs are interleaved in each of --rounds rounds, so that drifting
+load from other processes on the machine hits them alike.
 
     python benchmarks/serve_load.py --index out/cranfield-fp16 --queries ../shared/datasets/cranfield
 """
@@ -38,8 +40,9 @@ def summary(latencies: list[float], wall: float) -> dict:
             "qps": round(len(ms) / wall, 2)}
 
 
-async def load(url: str, queries: list[str], clients: int, n: int, params: dict, max_seconds: float) -> dict:
-    """`clients` workers send `n` requests in all (queries cycled), each waiting for its answer."""
+async def load(url: str, queries: list[str], clients: int, n: int, params: dict, max_seconds: float):
+    """`clients` workers send `n` requests in all (queries cycled), each waiting for its answer
+    -> (latencies in s, wall s, errors)."""
     latencies: list[float] = []
     todo = iter(range(n))
     deadline = time.monotonic() + max_seconds
@@ -57,35 +60,27 @@ async def load(url: str, queries: list[str], clients: int, n: int, params: dict,
                 continue
             latencies.append(time.perf_counter() - t)
 
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
-        wall = time.perf_counter() - start
-    return {"clients": clients, "errors": errors, **summary(latencies, wall)}
+        return latencies, time.perf_counter() - start, errors
 
 
-def in_process(index: Path, queries: list[str], n: int, k: int, depth: int, batch: int) -> dict:
-    """The yardstick: one `Searcher.search` after the other (and `search_texts` in batches)."""
-    from mice_index.search import SearchConfig, Searcher
-
-    searcher = Searcher.open(index, config=SearchConfig(candidates="hybrid", depth=depth))
-    qs = [queries[i % len(queries)] for i in range(n)]
-    for q in qs[:2]:
-        searcher.search(q, k=k)  # warm-up
+def one_by_one(searcher, queries: list[str], n: int, k: int):
     latencies = []
     start = time.perf_counter()
-    for q in qs:
+    for i in range(n):
         t = time.perf_counter()
-        searcher.search(q, k=k)
+        searcher.search(queries[i % len(queries)], k=k)
         latencies.append(time.perf_counter() - t)
-    one = {"mode": "Searcher.search, one at a time", **summary(latencies, time.perf_counter() - start)}
+    return latencies, time.perf_counter() - start, 0
+
+
+def batched(searcher, queries: list[str], n: int, k: int):
     start = time.perf_counter()
-    for i in range(0, n, batch):
-        searcher.search_texts(qs[i:i + batch], k=k)
+    searcher.search_texts([queries[i % len(queries)] for i in range(n)], k=k)
     wall = time.perf_counter() - start
-    batched = {"mode": f"Searcher.search_texts, {batch} at a time", "requests": n, "qps": round(n / wall, 2)}
-    return {"one": one, "batched": batched}
+    return [wall] * n, wall, 0  # every query of the batch waits for the whole batch
 
 
 def main() -> None:
@@ -93,13 +88,15 @@ def main() -> None:
     ap.add_argument("--index", type=Path, default=Path("out/cranfield-fp16"))
     ap.add_argument("--queries", default="../shared/datasets/cranfield", help="queries source (BEIR folder, ...)")
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
-    ap.add_argument("--max-seconds", type=float, default=240, help="per level: stop sending after this")
+    ap.add_argument("--requests", type=int, default=8, help="requests per level and round (at least one per client)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds; levels are interleaved within each round")
+    ap.add_argument("--max-seconds", type=float, default=300, help="per level and round: stop sending after this")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--depth", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path("out/serve_load.json"))
     args = ap.parse_args()
 
+    from mice_index.search import SearchConfig, Searcher
     from mice_index.sources import read_queries
 
     queries = [q.text for q in read_queries(args.queries)]
@@ -111,8 +108,12 @@ def main() -> None:
          "--candidates", "hybrid", "--depth", str(args.depth), "--k", str(args.k)],
         stdout=log_path.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
-    results: dict = {"index": str(args.index), "k": args.k, "depth": args.depth, "pipeline": "hybrid → MICE"}
+    levels = [int(c) for c in args.clients.split(",")]
+    measured: dict[str, list] = {name: [[], 0.0, 0] for name in
+                                 ["in-process search", "in-process search_texts"] + [f"server {c}" for c in levels]}
     try:
+        # the yardstick: the same index, model and settings in this process (loaded while the server starts)
+        searcher = Searcher.open(args.index, config=SearchConfig(candidates="hybrid", depth=args.depth))
         for _ in range(600):  # start-up: at most ~5 min
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -123,26 +124,34 @@ def main() -> None:
                 time.sleep(0.5)
         else:
             sys.exit("the server did not start in time")
-        for q in queries[:2]:  # warm-up
+        for q in queries[:2]:  # warm-up, both sides
             httpx.get(f"{url}/search", params={"q": q, "k": args.k}, timeout=600)
-        params = {"k": args.k}
-        results["server"] = []
-        for clients in map(int, args.clients.split(",")):
-            level = asyncio.run(load(f"{url}/search", queries, clients, args.requests, params, args.max_seconds))
-            print(json.dumps(level), flush=True)
-            results["server"].append(level)
+            searcher.search(q, k=args.k)
+        for r in range(args.rounds):  # interleaved: drifting machine load hits every variant alike
+            offset = r * 997  # other queries each round
+            qs = queries[offset % len(queries):] + queries[:offset % len(queries)]
+            runs = {"in-process search": lambda: one_by_one(searcher, qs, args.requests, args.k),
+                    "in-process search_texts": lambda: batched(searcher, qs, max(levels), args.k)}
+            for c in levels:
+                runs[f"server {c}"] = (lambda c=c: asyncio.run(load(
+                    f"{url}/search", qs, c, max(args.requests, c), {"k": args.k}, args.max_seconds)))
+            for name, run in runs.items():
+                lat, wall, errors = run()
+                m = measured[name]
+                m[0] += lat
+                m[1] += wall
+                m[2] += errors
+                print(json.dumps({"round": r, "mode": name, "requests": len(lat), "wall_s": round(wall, 2)}), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
-    results["in_process"] = in_process(args.index, queries, args.requests, args.k, args.depth, batch=16)
-    print(json.dumps(results["in_process"]), flush=True)
+    results = {"index": str(args.index), "k": args.k, "depth": args.depth, "pipeline": "hybrid → MICE",
+               "rounds": args.rounds, "modes": {name: {**summary(lat, wall), "errors": err}
+                                                for name, (lat, wall, err) in measured.items()}}
     args.out.write_text(json.dumps(results, indent=2))
-    print("\n| clients | p50 ms | p95 ms | queries/s |\n|---:|---:|---:|---:|")
-    for r in results["server"]:
-        print(f"| {r['clients']} | {r['p50_ms']} | {r['p95_ms']} | {r['qps']} |")
-    one, batched = results["in_process"]["one"], results["in_process"]["batched"]
-    print(f"| in-process `Searcher.search` | {one['p50_ms']} | {one['p95_ms']} | {one['qps']} |")
-    print(f"| in-process `search_texts` ×16 | – | – | {batched['qps']} |")
+    print("\n| mode | requests | p50 ms | p95 ms | queries/s |\n|---|---:|---:|---:|---:|")
+    for name, m in results["modes"].items():
+        print(f"| {name} | {m['requests']} | {m['p50_ms']} | {m['p95_ms']} | {m['qps']} |")
 
 
 if __name__ == "__main__":
