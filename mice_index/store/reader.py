@@ -111,7 +111,9 @@ class _Shard:
     def table(self, columns: list[str]):
         path = self.dir / L.DOCS
         try:
-            return pq.read_table(path, columns=columns, memory_map=True)
+            # ParquetFile reads the file directly; read_table goes through pyarrow.dataset, whose
+            # import pulls in pandas (a large share of a cold `search --query`)
+            return pq.ParquetFile(path, memory_map=True).read(columns=columns)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
             raise IndexError_(f"{path}: cannot read document table ({exc})") from None
 
