@@ -7,7 +7,7 @@ per level, gives up on a level after --max-seconds, and stops the server with SI
 The levels and the in-process runs are interleaved in each of --rounds rounds, so that drifting
 load from other processes on the machine hits them alike.
 
-    python benchmarks/serve_load.py --index out/cranfield-fp16 --queries ../shared/datasets/cranfield
+    PYTHONPATH=. python benchmarks/serve_load.py --index out/cranfield-fp16 --queries ../shared/datasets/cranfield
 """
 
 from __future__ import annotations
