@@ -40,7 +40,7 @@ def serve_command(
     except ImportError as exc:
         raise MiceIndexError(f"mice-index serve needs the serve extra ({exc.name} is missing): "
                              'pip install "mice-index[serve]"') from None
-    from mice_index.search import Searcher
+    from mice_index.search import Searcher, clipped
 
     if not 0 < port < 65536:
         raise MiceIndexError(f"--port must be in 1..65535, got {port}")
@@ -51,7 +51,7 @@ def serve_command(
     # the model is always loaded: requests may ask for MICE (or explanations) whatever the default
     opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device))
     searcher = opened if rerank == "mice" else opened.with_config(rerank=rerank)
-    searcher._check_k(k)
+    k = clipped("--k", k, 10, searcher.reader.num_docs)
     log = logging.getLogger("mice_index.serve")  # one plain line per request, on stderr
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from mice_index.errors import MiceIndexError, SearchError
 from mice_index.explain import Explainer, hit_record
+from mice_index.search import clipped
 from mice_index.serve.batching import BatchConfig, MicroBatcher, QueueFull, ShuttingDown
 
 log = logging.getLogger("mice_index.serve")
@@ -276,10 +277,9 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
         config = dataclasses.replace(base, **changes)  # SearchError (the CLI's message) if invalid
         if config.rerank == "mice" and searcher.model is None:
             raise SearchError("rerank mice: this server was started without a MICE model (--rerank none)")
-        if config.depth > num_docs:
-            raise SearchError(f"--depth {config.depth} is larger than the corpus ({num_docs} documents)")
-        k_ = k if req.k is None else req.k
-        searcher._check_k(k_)
+        # k and depth above the corpus size are clipped with a warning, as in the CLI
+        config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, num_docs))
+        k_ = clipped("--k", req.k, k, num_docs)
         return _Engine.settings_of(config), _Work(queries, k_, req.explain)
 
     responses = {400: {"model": ErrorOut}, 503: {"model": ErrorOut}, 500: {"model": ErrorOut}}
