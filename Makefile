@@ -1,4 +1,4 @@
-# Two entry points (see README): `make demo` and `make test`. Both create .venv and install what
+# Entry points (see README): `make demo`, `make test` and `make e2e` (the search page in a headless browser). Both create .venv and install what
 # they need; re-running them is cheap (pip skips what is already installed).
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test e2e bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium driven by Playwright (never `playwright install`: no browser download).
+CHROMIUM ?= /usr/bin/chromium
+e2e: setup
+	$(BIN)/python -m pip install -q -e ".[test,serve,e2e]" "$(TORCH_SPEC)"
+	test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m pytest -q -m e2e tests/test_page_e2e.py
 
 clean:
 	rm -rf $(VENV) out

@@ -81,11 +81,24 @@ def load_safetensors(path: Path, name: str | None = None) -> dict[str, torch.Ten
     return weights
 
 
+# Tokenizer classes imported directly instead of through AutoTokenizer, whose registry scan over
+# every model family is the largest part of a cold start; the object is the same (same class,
+# same backend) as AutoTokenizer.from_pretrained(..., use_fast=True) returns.
+_DIRECT_TOKENIZERS = {"BertTokenizer": "BertTokenizerFast", "BertTokenizerFast": "BertTokenizerFast"}
+
+
 def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
+    import transformers
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        config = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").is_file() else {}
+    except (OSError, ValueError):
+        config = {}
+    direct = getattr(transformers, _DIRECT_TOKENIZERS.get(config.get("tokenizer_class"), ""), None)
+    try:
+        if direct is not None:
+            return direct.from_pretrained(str(path))
+        return transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: cannot load tokenizer ({exc})") from exc
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig, interpolate
+from mice_index.choices import CANDIDATES, RERANKERS
 from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
@@ -30,9 +31,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "resolve_alpha"]
 
-CANDIDATES = ("bm25", "dense", "hybrid")
 DEFAULT_DEPTH = 100
-RERANKERS = ("mice", "none")
 
 
 @dataclass(frozen=True)
@@ -141,11 +140,20 @@ class Searcher:
 
         k=None: 10, clipped to the corpus size; an explicit k above it is clipped with one warning.
         No document is ever dropped for its id (`remove_query_id` is for batch mode only)."""
+        return self.search_texts([query], k)[0]
+
+    def search_texts(self, queries: Sequence[str], k: int | None = None) -> list[list[Hit]]:
+        """Free-text queries searched together (one first-stage call, one scorer call) -> per query
+        its top-k hits, each list equal to `search` on that query alone (k as in `search`)."""
         k = clipped("--k", k, 10, self.reader.num_docs)
-        result = self._search_batch([Query("q", query)], k, remove_query_id=False)["q"]
-        rows = [r for r, _ in result]
-        docs = self.reader.texts(rows) if rows else []
-        return [Hit(i + 1, self.reader.doc_id(r), s, r, t, x) for i, ((r, s), (t, x)) in enumerate(zip(result, docs))]
+        results = self._search_batch([Query(str(i), t) for i, t in enumerate(queries)], k, remove_query_id=False)
+        out = []
+        for result in results.values():
+            rows = [r for r, _ in result]
+            docs = self.reader.texts(rows) if rows else []
+            out.append([Hit(i + 1, self.reader.doc_id(r), s, r, t, x)
+                        for i, ((r, s), (t, x)) in enumerate(zip(result, docs))])
+        return out
 
     def search_many(self, queries: Iterable[Query], k: int | None = None, progress=None) -> dict[str, list[ScoredDoc]]:
         """Batch mode -> {query_id: ranked ScoredDoc list}; `progress(n_done)` is called per batch.

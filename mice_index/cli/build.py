@@ -8,25 +8,26 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-from rich.table import Table
 
-from mice_index.build import BuildConfig, build_index
 from mice_index.cli import app
-from mice_index.codec import codec_names
+from mice_index.choices import CODEC_NAMES
 from mice_index.errors import os_errors
-from mice_index.store import index_info, read_manifest, verify_shards
+from mice_index.store.manifest import index_info, read_manifest, verify_shards
 from mice_index.text import check_argument
 
 
-class _DocsPerSecond(TextColumn):
-    def __init__(self):
-        super().__init__("")
+def _docs_per_second():
+    from rich.progress import TextColumn
 
-    def render(self, task):
-        speed = task.finished_speed or task.speed
-        return super().render(task) if speed is None else f"{speed:,.0f} docs/s"  # type: ignore[return-value]
+    class DocsPerSecond(TextColumn):
+        def __init__(self):
+            super().__init__("")
+
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return super().render(task) if speed is None else f"{speed:,.0f} docs/s"  # type: ignore[return-value]
+
+    return DocsPerSecond()
 
 
 def _fmt_bytes(n: int) -> str:
@@ -42,7 +43,7 @@ def build_command(
     corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL or TSV file (.gz/.bz2/.xz ok) or irds:<dataset id>.")],
     index: Annotated[Path, typer.Option("--index", help="Index folder to create (or to resume).")],
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
-    codec: Annotated[str, typer.Option("--codec", help=f"State codec: {', '.join(codec_names())}. fp16 and int8-dim keep MICE rankings "
+    codec: Annotated[str, typer.Option("--codec", help=f"State codec: {', '.join(CODEC_NAMES)}. fp16 and int8-dim keep MICE rankings "
                                    "(within ~0.1 nDCG@10 point of fp32); compact (rq32, 32 B/token) costs "
                                    "~4 points with the default model (BENCHMARKS.md).")] = "fp16",
     max_doc_length: Annotated[int | None, typer.Option("--max-doc-length",
@@ -71,6 +72,10 @@ def build_command(
                                                                     "process builds.")] = None,
 ) -> None:
     """Encode a corpus into a MICE index (states + BM25 + dense). Re-run the same command to resume."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from mice_index.build import BuildConfig, build_index
     from mice_index.distributed.cli import build_distributed, wants_distributed
 
     for value, option in ((id_field, "--id-field"), (text_field, "--text-field"), (title_field, "--title-field")):
@@ -83,7 +88,7 @@ def build_command(
     )
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("[bold]encode"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _DocsPerSecond(),
+        TextColumn("[bold]encode"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _docs_per_second(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet,
     )
     with progress, os_errors(index, "building the index"):
@@ -116,6 +121,8 @@ def info_command(
     verify: Annotated[bool, typer.Option("--verify", help="Also recompute every shard file's sha256.")] = False,
 ) -> None:
     """Summarise an index (works on unfinished ones too)."""
+    from rich.table import Table
+
     info = index_info(index)
     if verify:
         verify_shards(index, read_manifest(index))  # raises IndexError_ naming the damaged file

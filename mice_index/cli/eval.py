@@ -8,16 +8,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mice_index.cli import app
-from mice_index.runs import evaluate
-from mice_index.runs.metrics import MetricError
 
 DEFAULT_METRICS = "nDCG@10,R@100,RR@10"
 
 
 def _split_metrics(text: str) -> list[str]:
+    from mice_index.runs.metrics import MetricError
+
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise MetricError(f"--metrics {text!r}: no metric names (expected e.g. {DEFAULT_METRICS})")
@@ -39,6 +38,10 @@ def eval_command(
     ] = False,
 ) -> None:
     """Evaluate a run file against relevance judgements."""
+    from rich.table import Table
+
+    from mice_index.runs import evaluate
+
     values = evaluate(run, qrels, _split_metrics(metrics))
     if as_json:
         typer.echo(json.dumps(values))

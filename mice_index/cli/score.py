@@ -8,16 +8,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mice_index.cli import app
-from mice_index.defaults import load_model
 from mice_index.errors import SearchError
-from mice_index.search import clipped
-from mice_index.sources import read_documents
 from mice_index.text import check_argument
 
 MAX_TEXT_DOCS = 5_000  # scoring from text re-encodes every document: past this, build an index
@@ -38,6 +33,13 @@ def score_command(
         raise SearchError("--query is empty")
     if k is not None and k <= 0:
         raise SearchError(f"--k must be positive, got {k}")
+    import torch
+    from rich.table import Table
+
+    from mice_index.defaults import load_model
+    from mice_index.search import clipped
+    from mice_index.sources import read_documents
+
     mice = load_model(None if model == "default" else model)
     docs = []
     for doc in read_documents(corpus):

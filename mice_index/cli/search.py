@@ -1,4 +1,8 @@
-"""`mice-index search`: one query (ranked list / JSON) or a batch of queries (TREC run file)."""
+"""`mice-index search`: one query (ranked list / JSON) or a batch of queries (TREC run file).
+
+Heavy modules (torch, the index reader, the model) are imported inside the command, so that
+`mice-index --help` and the other commands start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,26 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
+from mice_index.choices import CANDIDATES, RERANKERS
 from mice_index.cli import app
 from mice_index.errors import SearchError, os_errors
-from mice_index.runs import write_run
-from mice_index.scorer import ScorerConfig
-from mice_index.search import CANDIDATES, RERANKERS, SearchConfig, Searcher
-from mice_index.sources import read_queries
 from mice_index.text import check_argument
 
+SNIPPET_WIDTH = 90  # characters of snippet in the printed table (JSON: 200)
 
-def _snippet(title: str, text: str, width: int = 90) -> str:
-    body = " ".join(f"{title} {text}".split()) if title else " ".join(text.split())
-    return body if len(body) <= width else body[: width - 1] + "…"
+
+def search_config(candidates: str, depth: int | None, rerank: str, dtype: str, device: str,
+                  alpha: float | None = None, remove_query: bool = False):
+    """The SearchConfig for the CLI's search options (`search` and `serve` share them)."""
+    from mice_index.scorer import ScorerConfig
+    from mice_index.search import SearchConfig
+
+    if dtype not in ("auto", "fp32", "bf16") or device not in ("auto", "cpu", "cuda"):
+        raise SearchError(f"--dtype must be auto|fp32|bf16 and --device auto|cpu|cuda (got {dtype}, {device})")
+    return SearchConfig(candidates=candidates, depth=depth, rerank=rerank, alpha=alpha,  # type: ignore[arg-type]
+                        remove_query_id=remove_query,
+                        scorer=ScorerConfig(dtype=dtype, device=device))  # type: ignore[arg-type]
 
 
 @app.command("search")
@@ -47,6 +56,8 @@ def search_command(
     remove_query: Annotated[bool, typer.Option("--remove-query", help="Batch: leave out a document whose id "
                                                "equals the query id (BEIR arguana, quora).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="One query: show which document words each query "
+                                          "word attended to (MICE cross-attention) and highlight them.")] = False,
 ) -> None:
     """Search an index: first-stage candidates, then MICE re-ranking over stored states."""
     if query is not None:
@@ -60,24 +71,24 @@ def search_command(
         raise SearchError(f"--dtype must be auto|fp32|bf16 and --device auto|cpu|cuda (got {dtype}, {device})")
     if remove_query and query is not None:
         raise SearchError("--remove-query applies to --queries (batch mode) only; one --query has no query id")
-    config = SearchConfig(candidates=candidates, depth=depth, rerank=rerank, alpha=alpha,
-                          remove_query_id=remove_query, scorer=ScorerConfig(dtype=dtype, device=device))
+    if explain and query is None:
+        raise SearchError("--explain works with one --query")
+    config = search_config(candidates, depth, rerank, dtype, device, alpha=alpha, remove_query=remove_query)
+    if query is not None and not query.strip():
+        raise SearchError("--query is empty")
+    from mice_index.search import Searcher
+
     if query is not None:
-        if not query.strip():
-            raise SearchError("--query is empty")
         searcher = Searcher.open(index, model=model, config=config)
         hits = searcher.search(query, k=k)
-        if as_json:
-            typer.echo(json.dumps([{"rank": h.rank, "doc_id": h.doc_id, "score": round(h.score, 6),
-                                    "snippet": _snippet(h.title, h.text, 200)} for h in hits]))
-            return
-        table = Table(title=f"{query!r} — {candidates}{' → MICE' if rerank == 'mice' else ''}")
-        for col, justify in (("rank", "right"), ("doc id", "left"), ("score", "right"), ("snippet", "left")):
-            table.add_column(col, justify=justify)
-        for h in hits:
-            table.add_row(str(h.rank), h.doc_id, f"{h.score:.4f}", _snippet(h.title, h.text))
-        Console().print(table)
+        explanations = _explain(searcher, index, model, query, hits) if explain else [None] * len(hits)
+        _print_hits(query, hits, explanations, as_json, f"{candidates}{' → MICE' if rerank == 'mice' else ''}")
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mice_index.runs import write_run
+    from mice_index.sources import read_queries
+
     qs = list(read_queries(queries))
     searcher = Searcher.open(index, model=model, config=config)
     console = Console(stderr=True)
@@ -89,3 +100,36 @@ def search_command(
         write_run(run, results, tag=run_tag)
     console.print(f"wrote {sum(map(len, results.values()))} results for {len(results)} queries to {run}",
                   highlight=False)
+
+
+def _explain(searcher, index: Path, model: str | None, query: str, hits) -> list:
+    from mice_index.explain import Explainer
+    from mice_index.search import checked_model
+
+    # with --rerank none the searcher has no model: load the index's (explaining needs one)
+    mice = searcher.model if searcher.model is not None else checked_model(searcher.reader, model)
+    return Explainer(mice, searcher.reader).explain(query, hits)
+
+
+def _print_hits(query: str, hits, explanations, as_json: bool, pipeline: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from mice_index.explain import hit_record
+
+    if as_json:
+        typer.echo(json.dumps([hit_record(h, e) for h, e in zip(hits, explanations)]))
+        return
+    table = Table(title=f"{query!r} — {pipeline}")
+    for col, justify in (("rank", "right"), ("doc id", "left"), ("score", "right"), ("snippet", "left")):
+        table.add_column(col, justify=justify)
+    for h, e in zip(hits, explanations):
+        record = hit_record(h, e, width=SNIPPET_WIDTH)
+        cell = Text(record["snippet"])
+        for a, b in record.get("highlights", []):
+            cell.stylize("bold black on yellow", a, b)
+        if e is not None:
+            cell.append("\n" + "; ".join(f"{m['query_word']} → " + ", ".join(w["word"] for w in m["words"])
+                                         for m in record["matches"]), style="dim")
+        table.add_row(str(h.rank), h.doc_id, f"{h.score:.4f}", cell)
+    Console().print(table)

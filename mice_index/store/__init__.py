@@ -1,10 +1,21 @@
 """Store stage: the on-disk index (zarr v3 token states, Parquet document tables, JSON manifest).
 
 See docs/index-format.md for the layout; `IndexReader` gives random access by document row.
+Re-exports are resolved on first use, so reading a manifest (`mice-index info`) never imports
+zarr or pyarrow.
 """
 
+from importlib import import_module
+
 from mice_index.store.layout import FORMAT_VERSION
-from mice_index.store.reader import IndexReader, index_info, read_manifest, verify_shards
-from mice_index.store.writer import ShardWriter
 
 __all__ = ["FORMAT_VERSION", "IndexReader", "ShardWriter", "index_info", "read_manifest", "verify_shards"]
+
+_HOMES = {"IndexReader": "reader", "ShardWriter": "writer", "index_info": "manifest",
+          "read_manifest": "manifest", "verify_shards": "manifest"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"mice_index.store.{_HOMES[name]}"), name)

@@ -1,0 +1,311 @@
+"""The HTTP search service: a FastAPI app over an already opened `Searcher`.
+
+    app = create_app(Searcher.open("idx/"))        # model and index loaded once, by the caller
+    uvicorn.run(app, host="127.0.0.1", port=8080)  # or: mice-index serve --index idx/
+
+Endpoints: `GET /health`, `GET /info` (= `mice-index info --json`), `GET|POST /search` (JSON),
+`GET /` (a search page), `GET /docs` and `/openapi.json` (FastAPI's description). The app only
+parses, validates and formats: every search goes through `Searcher.search_texts`, batched across
+concurrent requests by `MicroBatcher`, so results equal `Searcher.search` with the same settings.
+Bad parameters get 400 with the library's own message (`{"error": ...}`), a full queue or a
+shutting-down server 503, anything unexpected 500; none of them stops the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from mice_index.errors import MiceIndexError, SearchError
+from mice_index.explain import Explainer, hit_record
+from mice_index.search import clipped
+from mice_index.serve.batching import BatchConfig, MicroBatcher, QueueFull, ShuttingDown
+
+log = logging.getLogger("mice_index.serve")
+
+__all__ = ["create_app"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_QUERIES = 64  # queries in one request
+MAX_QUERY_CHARS = 4096  # characters per query (the model reads at most max_query_length tokens)
+MAX_VARIANTS = 8  # searchers kept for distinct settings (each holds its own candidate indexes)
+
+
+# -- request / response bodies (they make the OpenAPI description) --
+
+class SearchRequest(BaseModel):
+    q: str | list[str] = Field(description="A query, or a list of queries searched together.")
+    k: int | None = Field(None, description="Hits per query [default: the server's --k].")
+    candidates: str | None = Field(None, description="First stage: bm25 | dense | hybrid [default: the server's].")
+    depth: int | None = Field(None, description="Candidates per query re-ranked by MICE [default: the server's].")
+    rerank: str | None = Field(None, description="mice | none [default: the server's].")
+    alpha: float | None = Field(None, description="Weight of the first-stage score interpolated with MICE's "
+                                                   "(where the library supports it).")
+    explain: bool = Field(False, description="Also return which document words each query word attended to.")
+
+
+class WordMatchOut(BaseModel):
+    word: str
+    weight: float = Field(description="Attention mass (0..1) the query word gave this word's occurrences.")
+    spans: list[tuple[int, int]] = Field(description="[start, end) offsets of its occurrences in title + ' ' + text.")
+
+
+class QueryWordOut(BaseModel):
+    query_word: str
+    words: list[WordMatchOut]
+
+
+class HitOut(BaseModel):
+    rank: int
+    doc_id: str
+    score: float
+    title: str
+    snippet: str
+    highlights: list[tuple[int, int]] | None = Field(None, description="[start, end) in the snippet (explain).")
+    matches: list[QueryWordOut] | None = Field(None, description="Per query word, its best document words (explain).")
+
+
+class ResultOut(BaseModel):
+    query: str
+    hits: list[HitOut]
+
+
+class SettingsOut(BaseModel):
+    k: int
+    candidates: str
+    depth: int
+    rerank: str
+    alpha: float | None
+
+
+class SearchResponse(BaseModel):
+    results: list[ResultOut]
+    settings: SettingsOut
+    took_ms: float
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+# -- the work handed to the batcher --
+
+class Settings(NamedTuple):
+    """What decides a search pass: requests with equal settings share one."""
+    candidates: str
+    depth: int
+    rerank: str
+    alpha: float | None
+
+
+class _Work(NamedTuple):
+    queries: list[str]
+    k: int
+    explain: bool
+
+
+def supports_alpha() -> bool:
+    from mice_index.search import SearchConfig
+
+    return any(f.name == "alpha" for f in dataclasses.fields(SearchConfig))
+
+
+class _Engine:
+    """Runs on the batcher's worker thread: searchers per settings, search, explain, format."""
+
+    def __init__(self, searcher, snippet_width: int = 200):
+        self.base, self.width = searcher, snippet_width
+        self.variants: OrderedDict[Settings, Any] = OrderedDict({self.settings_of(searcher.config): searcher})
+        self._explainer: Explainer | None = None
+
+    @staticmethod
+    def settings_of(config) -> Settings:
+        return Settings(config.candidates, config.depth, config.rerank, getattr(config, "alpha", None))
+
+    def searcher(self, s: Settings):
+        if s not in self.variants:
+            changes = {"candidates": s.candidates, "depth": s.depth, "rerank": s.rerank}
+            if supports_alpha():
+                changes["alpha"] = s.alpha
+            self.variants[s] = self.base.with_config(**changes)
+            if len(self.variants) > MAX_VARIANTS:  # keep the server's own settings, drop the oldest other
+                oldest = next(k for k in self.variants if self.variants[k] is not self.base)
+                del self.variants[oldest]
+        self.variants.move_to_end(s)
+        return self.variants[s]
+
+    def explainer(self) -> Explainer:
+        if self._explainer is None:
+            model = self.base.model
+            if model is None:
+                from mice_index.search import checked_model
+
+                model = checked_model(self.base.reader)
+            self._explainer = Explainer(model, self.base.reader)
+        return self._explainer
+
+    def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict]]:
+        """One pass for every query of `works` -> per work, per query, the hit records."""
+        searcher = self.searcher(settings)
+        texts = [q for w in works for q in w.queries]
+        hits = searcher.search_texts(texts, max(w.k for w in works))  # a prefix of it is each k's list
+        out, i = [], 0
+        for w in works:
+            lists = []
+            for q, h in zip(w.queries, hits[i:i + len(w.queries)]):
+                h = h[:w.k]
+                expl = self.explainer().explain(q, h) if w.explain else [None] * len(h)
+                lists.append([hit_record(x, e, self.width) for x, e in zip(h, expl)])
+            out.append(lists)
+            i += len(w.queries)
+        return out
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> FastAPI:
+    """The service over an opened Searcher (its config gives the default settings; `k` the
+    default hits per query). The batch worker starts and stops with the app's lifespan."""
+    engine = _Engine(searcher)
+    batcher = MicroBatcher(engine.run, batch)
+    num_docs = searcher.reader.num_docs
+    base = searcher.config
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        log.info("serving %s (%d documents): %s, depth %d, %s", searcher.reader.root, num_docs,
+                 base.candidates, base.depth, base.rerank)
+        try:
+            yield
+        finally:
+            batcher.stop()
+            log.info("batch worker stopped")
+
+    app = FastAPI(title="mice-index", version=_version(), lifespan=lifespan,
+                  description="Search a MICE index: first-stage candidates re-ranked by MICE over stored "
+                              "document states. Errors are `{\"error\": message}` with status 400 (bad "
+                              "parameters), 503 (queue full, shutting down) or 500.")
+    app.state.batcher, app.state.engine = batcher, engine
+
+    @app.middleware("http")
+    async def log_requests(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            extra = getattr(request.state, "log", "")
+            log.info("%s %s %d %.1f ms%s", request.method, request.url.path, status,
+                     (time.perf_counter() - start) * 1000, extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body"))
+            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        request.state.log = f" error={'; '.join(parts)}"
+        return _error(400, "; ".join(parts) or "bad request")
+
+    @app.get("/health", summary="Liveness: the index and model are loaded.")
+    def health() -> dict:
+        return {"status": "ok", "documents": num_docs, "pending": batcher.pending}
+
+    @app.get("/info", summary="The index's summary (same as `mice-index info --json`).")
+    def info() -> dict:
+        from mice_index.store import index_info
+
+        return index_info(searcher.reader.root)
+
+    async def _search(req: SearchRequest, request: Request):
+        start = time.perf_counter()
+        try:
+            settings, work = _validate(req)
+        except MiceIndexError as exc:
+            request.state.log = f" error={exc}"
+            return _error(400, str(exc))
+        request.state.log = (f" k={work.k} candidates={settings.candidates} depth={settings.depth} "
+                             f"queries={len(work.queries)}{' explain' if work.explain else ''}")
+        try:
+            lists = await batcher.submit(settings, work)
+        except (QueueFull, ShuttingDown) as exc:
+            return _error(503, str(exc))
+        except MiceIndexError as exc:
+            return _error(400, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one request fails, the server stays up
+            log.exception("search failed")
+            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return SearchResponse(
+            results=[ResultOut(query=q, hits=h) for q, h in zip(work.queries, lists)],
+            settings=SettingsOut(k=work.k, **settings._asdict()),
+            took_ms=round((time.perf_counter() - start) * 1000, 2))
+
+    def _validate(req: SearchRequest) -> tuple[Settings, _Work]:
+        queries = [req.q] if isinstance(req.q, str) else list(req.q)
+        if not queries:
+            raise SearchError("q: no query given")
+        if len(queries) > MAX_QUERIES:
+            raise SearchError(f"q: at most {MAX_QUERIES} queries per request, got {len(queries)}")
+        for q in queries:
+            if not q.strip():
+                raise SearchError("q: query is empty")
+            if len(q) > MAX_QUERY_CHARS:
+                raise SearchError(f"q: a query may have at most {MAX_QUERY_CHARS} characters, got {len(q)}")
+        changes = {name: value for name, value in
+                   (("candidates", req.candidates), ("depth", req.depth), ("rerank", req.rerank)) if value is not None}
+        if req.alpha is not None:
+            if not supports_alpha():
+                raise SearchError("alpha: this version has no first-stage score interpolation")
+            changes["alpha"] = req.alpha
+        config = dataclasses.replace(base, **changes)  # SearchError (the CLI's message) if invalid
+        if config.rerank == "mice" and searcher.model is None:
+            raise SearchError("rerank mice: this server was started without a MICE model (--rerank none)")
+        # k and depth above the corpus size are clipped with a warning, as in the CLI
+        config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, num_docs))
+        k_ = clipped("--k", req.k, k, num_docs)
+        return _Engine.settings_of(config), _Work(queries, k_, req.explain)
+
+    responses = {400: {"model": ErrorOut}, 503: {"model": ErrorOut}, 500: {"model": ErrorOut}}
+
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=responses,
+              summary="Search with a JSON body.")
+    async def search_post(req: SearchRequest, request: Request):
+        return await _search(req, request)
+
+    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=responses,
+             summary="Search with query parameters (repeat q for several queries).")
+    async def search_get(request: Request, q: list[str] = Query(..., description="Query text (repeatable)."),
+                         k: int | None = None, candidates: str | None = None, depth: int | None = None,
+                         rerank: str | None = None, alpha: float | None = None, explain: bool = False):
+        req = SearchRequest(q=q, k=k, candidates=candidates, depth=depth, rerank=rerank, alpha=alpha, explain=explain)
+        return await _search(req, request)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _version() -> str:
+    from mice_index import __version__
+
+    return __version__
