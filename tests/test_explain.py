@@ -51,6 +51,7 @@ def lexical(model):
     query self-attention reduced to a LayerNorm, cross-attention queries/keys = 4·identity. With
     all-MiniLM-L6-v2's layer-3 states a query word then attends to its own occurrences."""
     m = copy.deepcopy(model)
+    m.interaction.late = None  # explained by cross-attention (the paper head's view)
     layer = m.interaction.layers[0]
     with torch.no_grad():
         layer.self_attn.out.weight.zero_(), layer.self_attn.out.bias.zero_()
@@ -138,6 +139,39 @@ def test_a_query_word_in_the_document_is_among_its_top_matches(searcher, query):
             want = [(x.start(), x.end()) for x in re.finditer(rf"\b{m.query_word}\b", text, re.IGNORECASE)]
             assert m.words[0].spans == want
     assert checked >= 2
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_default_model_maxsim_view_finds_the_query_words(searcher, query):
+    """The shipped cls+maxsim model is explained by its MaxSim term, with no rebuilt weights: a
+    query word that the hit contains is among that word's top-3 matches, spans included."""
+    assert searcher.model.interaction.late is not None
+    hit = searcher.search(query, k=1)[0]
+    ex = Explainer(searcher.model, searcher.reader, top=3).explain(query, [hit])[0]
+    doc_words = {w.lower() for w in re.findall(r"\w+", ex.text)}
+    checked = 0
+    for m in ex.matches:
+        if m.query_word in doc_words:
+            checked += 1
+            assert m.query_word in [w.word.lower() for w in m.words], (m.query_word, m.words)
+    assert checked >= 1
+
+
+def test_maxsim_matches_are_the_scores_max(tiny_bert_dir):
+    from mice_index.explain import maxsim_matches
+    from mice_index.model import MiceModel
+
+    model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=2, num_interaction_layers=2, score_head="cls+maxsim")
+    q, q_mask, docs, d_mask = _random_states()
+    hits = maxsim_matches(model.interaction.late, q, q_mask, docs, d_mask)
+    assert hits.shape == (3, 7, 11) and torch.equal(hits.sum(-1), torch.ones(3, 7))
+    with torch.inference_mode():
+        qn, w = model.interaction.late.query(q, q_mask)
+        sim = qn @ torch.nn.functional.normalize(docs, dim=-1).transpose(1, 2)
+        picked = (sim * hits).sum(-1)  # the cosine at the chosen token is the row's max over inner tokens
+    for b, n in enumerate(d_mask.sum(1).tolist()):
+        torch.testing.assert_close(picked[b], sim[b, :, 1:n - 1].max(-1).values)
+        assert not hits[b, :, 0].any() and not hits[b, :, n - 1:].any()  # never [CLS], [SEP] or padding
 
 
 def test_explaining_does_not_change_scores(searcher):
