@@ -145,7 +145,7 @@ class Explainer:
             for q_word, q_pieces in q_words:
                 rows = attn[i, q_pieces].mean(0)  # [Td] mass per document token
                 mass = {f: float(rows[pieces].sum()) for f, (_, _, pieces) in forms.items()}
-                best = sorted(mass, key=lambda f: -mass[f])[: self.top]
+                best = [f for f in sorted(mass, key=lambda f: -mass[f])[: self.top] if mass[f] > 0]  # MaxSim: 0 = unmatched
                 matches.append(QueryWordMatch(q_word, [
                     WordMatch(forms[f][0], round(mass[f], 4), forms[f][1]) for f in best]))
             out.append(Explanation(text, matches))

@@ -129,7 +129,7 @@ def _print_hits(query: str, hits, explanations, as_json: bool, pipeline: str) ->
         for a, b in record.get("highlights", []):
             cell.stylize("bold black on yellow", a, b)
         if e is not None:
-            cell.append("\n" + "; ".join(f"{m['query_word']} → " + ", ".join(w["word"] for w in m["words"])
+            cell.append("\n" + "; ".join(f"{m['query_word']} → " + (", ".join(w["word"] for w in m["words"]) or "–")
                                          for m in record["matches"]), style="dim")
         table.add_row(str(h.rank), h.doc_id, f"{h.score:.4f}", cell)
     Console().print(table)
