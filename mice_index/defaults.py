@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mice_index.model import DenseTower, MiceModel
+from mice_index.dense_tower import DenseTower
+from mice_index.model import MiceModel
 
 log = logging.getLogger(__name__)
 

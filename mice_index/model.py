@@ -36,7 +36,7 @@ from torch import nn
 from mice_index.checkpoints import load_safetensors as _load_safetensors
 from mice_index.checkpoints import load_tokenizer as _load_tokenizer
 from mice_index.checkpoints import read_json as _read_json
-from mice_index.checkpoints import FAMILIES, BertFamily, resolve_model_path
+from mice_index.checkpoints import FAMILIES, resolve_model_path
 from mice_index.errors import ModelError
 from mice_index.text import bounded_texts
 
@@ -504,37 +504,3 @@ class MiceModel(nn.Module):
             if v.shape != expected[k].shape:
                 raise ModelError(f"weight {k}: shape {tuple(v.shape)} != expected {tuple(expected[k].shape)}")
         self.load_state_dict(own, strict=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# Dense tower: the backbone's own upper layers over layer-ℓ* states (one pass gives both)
-
-
-class DenseTower(nn.Module):
-    """Backbone layers ℓ*+1..L + mean pooling + L2 norm: a sentence embedding from layer-ℓ*
-    states, equal to the full backbone's (e.g. all-MiniLM-L6-v2) when the bottoms are the same."""
-
-    def __init__(self, cfg: MiceConfig):
-        super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers - cfg.fusion_layer))
-
-    @classmethod
-    def from_backbone(cls, name_or_path: str | Path, cfg: MiceConfig) -> DenseTower:
-        path = resolve_model_path(name_or_path)
-        hf = {k.removeprefix("bert."): v for k, v in _load_safetensors(path).items()}
-        tower = cls(cfg)
-        table = {}
-        for i in range(len(tower.layers)):
-            table |= BertFamily.layer_table(f"layers.{i}", cfg.fusion_layer + i, ("attn",))
-        try:
-            tower.load_state_dict({ours: hf[theirs].float() for ours, theirs in table.items()})
-        except (KeyError, RuntimeError) as exc:
-            raise ModelError(f"{path}: cannot build the dense tower: {exc}") from exc
-        return tower.eval()
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x, m = states, key_padding_mask(mask, states.dtype)
-        for layer in self.layers:
-            x = layer(x, m)
-        w = mask.to(x.dtype).unsqueeze(-1)
-        return F.normalize((x * w).sum(1) / w.sum(1).clamp(min=1), dim=-1)

@@ -258,7 +258,7 @@ class DenseQueryEncoder:
     the document side of the dense index exactly."""
 
     def __init__(self, backbone: str, fusion_layer: int, max_length: int = 256):
-        from mice_index.model import DenseTower
+        from mice_index.dense_tower import DenseTower
 
         self.model = MiceModel.from_pretrained(backbone, fusion_layer=fusion_layer, num_interaction_layers=1)
         self.tower = DenseTower.from_backbone(backbone, self.model.config)

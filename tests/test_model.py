@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mice_index.errors import ModelError
-from mice_index.model import DenseTower, MiceModel, pad_states, query_self_mask
+from mice_index.dense_tower import DenseTower
+from mice_index.model import MiceModel, pad_states, query_self_mask
 
 from .conftest import write_tiny_bert
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mice_index.errors import MiceIndexError
-from mice_index.model import DenseTower, MiceModel
+from mice_index.dense_tower import DenseTower
+from mice_index.model import MiceModel
 from mice_index.sources import Document
 from mice_index.text import bounded_token_ids
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from mice_index.errors import IndexError_
-from mice_index.model import DenseTower, MiceModel
+from mice_index.dense_tower import DenseTower
+from mice_index.model import MiceModel
 from mice_index.text import bounded_token_ids
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from mice_index.errors import ModelError
-from mice_index.model import CONFIG_NAME, DenseTower, MiceModel, pad_states
+from mice_index.dense_tower import DenseTower
+from mice_index.model import CONFIG_NAME, MiceModel, pad_states
 from mice_index.train.config import TrainConfig
 from mice_index.train.data import Corpus, Example, TrainingSet, _seed, build_training_set
 from mice_index.train.loss import compute_loss
