@@ -23,11 +23,14 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
 
 from mice_index.train import Trainer, load_config  # noqa: E402
 from mice_index.train.realdev import RealDev  # noqa: E402
@@ -52,11 +55,8 @@ def save_best(model, out: Path, alpha: float, step: int, criterion: str, dev_nam
     tmp = out / "best.tmp"
     best.save(tmp, delta=bool(best.config.base_model))
     drop_tokenizer_files(tmp)
-    cast_weights(tmp / "model.safetensors", __import__("torch").float16)
-    if (out / "best").exists():
-        import shutil
-
-        shutil.rmtree(out / "best")
+    cast_weights(tmp / "model.safetensors", torch.float16)
+    shutil.rmtree(out / "best", ignore_errors=True)
     tmp.rename(out / "best")
 
 
@@ -97,10 +97,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("bm25s").setLevel(logging.WARNING)
 
-    cfg = load_config(args.config, [*args.set, f"output={args.out / 'train'}"])
-    if cfg.train.checkpoint_every > args.every or args.every % cfg.train.checkpoint_every:
-        cfg = load_config(args.config, [*args.set, f"output={args.out / 'train'}",
-                                        f"train.checkpoint_every={args.every}"])
+    # a checkpoint at every evaluation, so that each chunk resumes exactly where the last one ended
+    cfg = load_config(args.config, [*args.set, f"output={args.out / 'train'}", f"train.checkpoint_every={args.every}"])
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
     model, data = trainer.prepare()

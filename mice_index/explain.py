@@ -135,9 +135,11 @@ class Explainer:
         docs, d_mask = pad_states([torch.from_numpy(s).to(m.device, dtype) for s in states])
         q_states, q_mask = m.encode_queries([query])
         B = len(hits)
-        view = maxsim_matches if m.interaction.late is not None else cross_attention
-        attn = view(m.interaction.late if m.interaction.late is not None else m.interaction,
-                    q_states.expand(B, -1, -1).to(dtype), q_mask.expand(B, -1), docs, d_mask).numpy()  # [B,Tq,Td]
+        q_states, q_mask = q_states.expand(B, -1, -1).to(dtype), q_mask.expand(B, -1)
+        if m.interaction.late is not None:  # cls+maxsim: the MaxSim term carries the matching
+            attn = maxsim_matches(m.interaction.late, q_states, q_mask, docs, d_mask).numpy()  # [B,Tq,Td]
+        else:
+            attn = cross_attention(m.interaction, q_states, q_mask, docs, d_mask).numpy()
         out = []
         for i, text in enumerate(texts):
             forms = _content_words(_words(d_enc, i, text))  # {lowercase form: (surface, spans, pieces)}

@@ -173,11 +173,12 @@ class MiceReranker(pt.Transformer):
         rows = np.asarray([self._row(d) for d in inp["docno"]], dtype=np.int64)
         scores = np.empty(len(inp), dtype=np.float64)
         groups = list(inp.groupby("qid", sort=False).indices.values())  # positions of each query's pairs
+        first = inp["score"].to_numpy(dtype=np.float64) if self.alpha > 0 else None
         for i in range(0, len(groups), self.query_batch):
             batch = groups[i:i + self.query_batch]
             texts = [str(inp["query"].iat[g[0]]) for g in batch]
             for g, s in zip(batch, self.scorer.score(texts, [rows[g] for g in batch])):
-                scores[g] = interpolate(inp["score"].to_numpy()[g], s, self.alpha) if self.alpha > 0 else s
+                scores[g] = s if first is None else interpolate(first[g], s, self.alpha)
         out = inp.reset_index(drop=True)
         out["score"] = scores
         return _ranked(out)[columns]

@@ -330,7 +330,7 @@ def test_ict_cuts_the_pseudo_query_out_of_its_source(route, tmp_path):
     cut = trainer._cloze(data, batch, L=2)
     assert list(cut) == [0]  # only the span example's positive (pair 0); not found -> untouched
     assert query not in cut[0] and cut[0] == " ".join(text.split()[:12] + text.split()[17:])
-    full = trainer._bottom_states(model, text)
+    full = trainer._bottom_states(model, [text])[0]
     np.testing.assert_allclose(full.numpy(), data.corpora[0].states.get(3).astype(np.float32), atol=2e-2)
     assert Trainer(route(data={"ict": 0.0}))._cloze(data, batch, L=2) == {}
     res = trainer.train(model, data)  # trains with the cut positives

@@ -149,8 +149,9 @@ class Trainer:
         pairs = [(e.corpus, e.rows[min(j, len(e.rows) - 1)]) for e in batch for j in range(L)]
         if frozen:
             states = [data.corpora[c].states.tensors([r])[0] for c, r in pairs]
-            for i, text in (self._cloze(data, batch, L) if model.training else {}).items():  # ICT positives
-                states[i] = self._bottom_states(model, text)
+            cut = self._cloze(data, batch, L) if model.training else {}  # ICT positives, re-encoded
+            for i, st in zip(cut, self._bottom_states(model, list(cut.values()))):
+                states[i] = st
             docs, d_mask = pad_states(states)
         else:
             ids, d_mask = model.tokenize([data.corpora[c].texts[r] for c, r in pairs], model.config.max_doc_length)
@@ -177,15 +178,18 @@ class Trainer:
         return out
 
     @staticmethod
-    def _bottom_states(model: MiceModel, text: str) -> torch.Tensor:
-        """Layer-ℓ* states [T,D] of one document, as the (frozen, eval-mode) bottom stores them."""
+    def _bottom_states(model: MiceModel, texts: list[str]) -> list[torch.Tensor]:
+        """Layer-ℓ* states [T_i,D] of documents, as the (frozen, eval-mode) bottom stores them; one
+        padded pass for all of them."""
+        if not texts:
+            return []
         was = model.bottom.training
         model.bottom.eval()
         with torch.no_grad():
-            ids, mask = model.tokenize([text], model.config.max_doc_length)
-            states = model.encode_document_batch(ids, mask)[0, : int(mask.sum())]
+            ids, mask = model.tokenize(texts, model.config.max_doc_length)
+            states = model.encode_document_batch(ids, mask).float()
         model.bottom.train(was)
-        return states.float()
+        return [s[: int(n)] for s, n in zip(states, mask.sum(1))]
 
     def teacher_scores(self, batch: list[Example]) -> torch.Tensor:
         L = max(len(e.rows) for e in batch)
