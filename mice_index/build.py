@@ -28,6 +28,7 @@ from mice_index.codec import Codec, make_codec, resolve_codec_name
 from mice_index.encoder import DocumentEncoder, EncoderConfig, resolve_device, resolve_dtype
 from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
 from mice_index.model import MiceModel
+from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
@@ -56,6 +57,9 @@ class BuildConfig:
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA / AMX CPUs, else fp32
     dense: DenseMode = "auto"  # auto: dense vectors from the backbone (same pass when possible)
     dense_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    # document-token pruning after the bottom (mice_index/prune.py): "none" stores every token's
+    # state (the paper's form); "stopwords" drops punctuation and stopword states
+    prune: str = "none"
     bm25: bool = True
     fit_tokens: int = 100_000  # codec training sample: the first tokens of the first shard (>= 39 x 2048)
     seed: int = 0
@@ -70,6 +74,8 @@ class BuildConfig:
             raise MiceIndexError("shard_docs and fit_tokens must be >= 1")
         if self.dense not in ("auto", "none"):
             raise MiceIndexError(f"dense must be 'auto' or 'none', got {self.dense!r}")
+        if self.prune not in PRUNE_RULES:
+            raise MiceIndexError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,9 @@ def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> dict[str, Any]
     keys = ("batch_tokens", "window_docs", "window_tokens", "shard_docs", "dense", "fit_tokens",
             "seed", "id_field", "text_field", "title_field")
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    return {"codec": codec_name, "max_doc_length": max_len, "dtype": dtype, **{k: getattr(cfg, k) for k in keys}}
+    prune = {"prune": cfg.prune} if cfg.prune != "none" else {}  # absent = "none" (indexes before pruning)
+    return {"codec": codec_name, "max_doc_length": max_len, "dtype": dtype, **{k: getattr(cfg, k) for k in keys},
+            **prune}
 
 
 def _load_dense(model: MiceModel, cfg: BuildConfig):
@@ -145,7 +153,9 @@ class _Builder:
                 raise IndexError_(f"{root}: unfinished index was started by an older mice-index (index format "
                                   f"{m['format_version']}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
                                   "to rebuild it")
-            diff = {k: (m["settings"].get(k), v) for k, v in self.settings.items() if m["settings"].get(k) != v}
+            keys = [*self.settings, *(["prune"] if "prune" not in self.settings else [])]  # absent = none
+            diff = {k: (m["settings"].get(k), self.settings.get(k)) for k in keys
+                    if m["settings"].get(k) != self.settings.get(k)}
             if diff:
                 what = ", ".join(f"{k}: index {a!r} vs now {b!r}" for k, (a, b) in diff.items())
                 raise IndexError_(f"{root}: unfinished index was started with other settings ({what}); "
@@ -162,6 +172,12 @@ class _Builder:
                 if entry.name != LOCK:  # held by this build
                     L.remove(entry)
         return None
+
+    def encoder_config(self) -> EncoderConfig:
+        c = self.cfg
+        return EncoderConfig(max_doc_length=self.max_len, batch_tokens=c.batch_tokens, window_docs=c.window_docs,
+                             window_tokens=c.window_tokens, device=c.device, dtype=self.settings["dtype"],
+                             prune=c.prune)
 
     @property
     def model_name(self) -> str:
@@ -265,10 +281,7 @@ class _Builder:
     def _run(self) -> int:
         m = self.prepare()
         tower, dmodel, dtower, dense_desc = _load_dense(self.model, self.cfg)
-        enc_cfg = EncoderConfig(max_doc_length=self.max_len, batch_tokens=self.cfg.batch_tokens,
-                                window_docs=self.cfg.window_docs, window_tokens=self.cfg.window_tokens,
-                                device=self.cfg.device, dtype=self.settings["dtype"])
-        encoder = DocumentEncoder(self.model, enc_cfg, tower, dmodel, dtower)
+        encoder = DocumentEncoder(self.model, self.encoder_config(), tower, dmodel, dtower)
         if dense_desc is not None:
             dense_desc["dim"] = encoder.dense_dim
         if m is None:

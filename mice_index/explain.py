@@ -33,11 +33,13 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from bm25s.stopwords import STOPWORDS_EN
 
 from mice_index.model import (Attention, Interaction, LateInteraction, MiceModel, inner_tokens, key_padding_mask,
                               pad_states, query_self_mask)
+from mice_index.prune import TokenPruner
 
 STOPWORDS = frozenset(STOPWORDS_EN)  # the BM25 stage's English list (Lucene's)
 HIGHLIGHT_BEST = 2  # document words highlighted per query word in snippets
@@ -116,6 +118,7 @@ class Explainer:
     def __init__(self, model: MiceModel, reader, top: int = 3):
         self.model, self.reader, self.top = model, reader, top
         self.max_doc_length = int(reader.manifest["settings"]["max_doc_length"])
+        self.pruner = TokenPruner(model.tokenizer, reader.manifest["settings"].get("prune", "none"))
 
     def explain(self, query: str, hits: Sequence) -> list[Explanation]:
         """One query and its hits (anything with `.row`, `.title`, `.text`, e.g. search.Hit) -> one
@@ -129,8 +132,9 @@ class Explainer:
         texts = [m.format_document(h.title, h.text) for h in hits]
         d_enc = tok(texts, truncation=True, max_length=self.max_doc_length, return_offsets_mapping=True)
         states = self.reader.get_states([h.row for h in hits])
-        for i, s in enumerate(states):
-            assert s.shape[0] == len(d_enc["input_ids"][i]), "stored states do not match the tokenised text"
+        kept = [np.nonzero(self.pruner.keep(ids))[0] for ids in d_enc["input_ids"]]  # stored token positions
+        for s, k in zip(states, kept):
+            assert s.shape[0] == k.size, "stored states do not match the tokenised text"
         dtype = next(m.interaction.parameters()).dtype
         docs, d_mask = pad_states([torch.from_numpy(s).to(m.device, dtype) for s in states])
         q_states, q_mask = m.encode_queries([query])
@@ -140,6 +144,10 @@ class Explainer:
             attn = maxsim_matches(m.interaction.late, q_states, q_mask, docs, d_mask).numpy()  # [B,Tq,Td]
         else:
             attn = cross_attention(m.interaction, q_states, q_mask, docs, d_mask).numpy()
+        full = np.zeros((*attn.shape[:2], max(len(ids) for ids in d_enc["input_ids"])), attn.dtype)
+        for i, k in enumerate(kept):  # pruned tokens (--prune) were never read: weight 0
+            full[i][:, k] = attn[i, :, : k.size]
+        attn = full
         out = []
         for i, text in enumerate(texts):
             forms = _content_words(_words(d_enc, i, text))  # {lowercase form: (surface, spans, pieces)}

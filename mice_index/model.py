@@ -357,11 +357,15 @@ class MiceModel(nn.Module):
         return self.bottom(ids, mask, token_type=self.config.doc_token_type)
 
     @torch.inference_mode()
-    def encode_documents(self, texts: list[str]) -> list[torch.Tensor]:
-        """Texts -> per-document layer-ℓ* states [T_i,D] without padding ([CLS] ... [SEP])."""
+    def encode_documents(self, texts: list[str], prune: str = "none") -> list[torch.Tensor]:
+        """Texts -> per-document layer-ℓ* states [T_i,D] without padding ([CLS] ... [SEP]), the
+        tokens dropped by the build's `prune` rule left out (mice_index/prune.py)."""
+        from mice_index.prune import TokenPruner
+
+        keep = TokenPruner(self.tokenizer, prune).keep
         ids, mask = self.tokenize(texts, self.config.max_doc_length)
         states = self.encode_document_batch(ids, mask)
-        return [s[: int(n)] for s, n in zip(states, mask.sum(1))]
+        return [s[: int(n)][torch.from_numpy(keep(i[: int(n)].tolist()))] for s, i, n in zip(states, ids, mask.sum(1))]
 
     # -- query side (online) --
     def encode_queries(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

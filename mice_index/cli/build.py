@@ -55,6 +55,9 @@ def build_command(
     shard_docs: Annotated[int, typer.Option("--shard-docs", help="Documents per build shard (resume unit).")] = 8192,
     dense: Annotated[str, typer.Option("--dense", help="auto (backbone sentence embeddings) or none.")] = "auto",
     dense_kind: Annotated[str, typer.Option("--dense-kind", help="faiss index: flat, hnsw or ivf.")] = "flat",
+    prune: Annotated[str, typer.Option("--prune", help="Document-token pruning after the bottom layers: none "
+                                       "(every token, the paper's form) or stopwords (punctuation and "
+                                       "stopword states dropped; fewer bytes, faster search; BENCHMARKS.md).")] = "none",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index.")] = False,
     id_field: Annotated[str, typer.Option("--id-field", help="JSONL field holding the document id.")] = "_id",
     text_field: Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")] = "text",
@@ -83,7 +86,7 @@ def build_command(
     config = BuildConfig(
         model=None if model == "default" else model, codec=codec, max_doc_length=max_doc_length,
         batch_tokens=batch_tokens, device=device, dtype=dtype, shard_docs=shard_docs,  # type: ignore[arg-type]
-        dense=dense, dense_kind=dense_kind, overwrite=overwrite,  # type: ignore[arg-type]
+        dense=dense, dense_kind=dense_kind, prune=prune, overwrite=overwrite,  # type: ignore[arg-type]
         id_field=id_field, text_field=text_field, title_field=title_field,
     )
     console = Console(stderr=True)

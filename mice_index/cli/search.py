@@ -18,11 +18,13 @@ from mice_index.cli import app
 from mice_index.errors import SearchError, os_errors
 from mice_index.text import check_argument
 
+QUANTIZE_HELP = ("MICE interaction layers: auto (int8 on CPU in fp32, else none), none (exact fp32/bf16) or int8 "
+                 "(dynamic int8 linear layers; BENCHMARKS.md → Latency for its effect on nDCG@10).")
 SNIPPET_WIDTH = 90  # characters of snippet in the printed table (JSON: 200)
 
 
 def search_config(candidates: str, depth: int | None, rerank: str, dtype: str, device: str,
-                  alpha: float | None = None, remove_query: bool = False):
+                  alpha: float | None = None, remove_query: bool = False, quantize: str = "auto"):
     """The SearchConfig for the CLI's search options (`search` and `serve` share them)."""
     from mice_index.scorer import ScorerConfig
     from mice_index.search import SearchConfig
@@ -31,7 +33,7 @@ def search_config(candidates: str, depth: int | None, rerank: str, dtype: str, d
         raise SearchError(f"--dtype must be auto|fp32|bf16 and --device auto|cpu|cuda (got {dtype}, {device})")
     return SearchConfig(candidates=candidates, depth=depth, rerank=rerank, alpha=alpha,  # type: ignore[arg-type]
                         remove_query_id=remove_query,
-                        scorer=ScorerConfig(dtype=dtype, device=device))  # type: ignore[arg-type]
+                        scorer=ScorerConfig(dtype=dtype, device=device, quantize=quantize))  # type: ignore[arg-type]
 
 
 @app.command("search")
@@ -53,6 +55,7 @@ def search_command(
     model: Annotated[Optional[str], typer.Option("--model", help="MICE model [default: the index's model].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto|fp32|bf16 for MICE scoring.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
+    quantize: Annotated[str, typer.Option("--quantize", help=QUANTIZE_HELP)] = "auto",
     remove_query: Annotated[bool, typer.Option("--remove-query", help="Batch: leave out a document whose id "
                                                "equals the query id (BEIR arguana, quora).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON.")] = False,
@@ -73,7 +76,8 @@ def search_command(
         raise SearchError("--remove-query applies to --queries (batch mode) only; one --query has no query id")
     if explain and query is None:
         raise SearchError("--explain works with one --query")
-    config = search_config(candidates, depth, rerank, dtype, device, alpha=alpha, remove_query=remove_query)
+    config = search_config(candidates, depth, rerank, dtype, device, alpha=alpha, remove_query=remove_query,
+                           quantize=quantize)
     if query is not None and not query.strip():
         raise SearchError("--query is empty")
     from mice_index.search import Searcher

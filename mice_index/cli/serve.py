@@ -10,7 +10,7 @@ import typer
 
 from mice_index.choices import CANDIDATES, RERANKERS
 from mice_index.cli import app, err_console
-from mice_index.cli.search import search_config
+from mice_index.cli.search import QUANTIZE_HELP, search_config
 from mice_index.errors import MiceIndexError
 
 
@@ -27,6 +27,7 @@ def serve_command(
     rerank: Annotated[str, typer.Option("--rerank", help=f"Default re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
     dtype: Annotated[str, typer.Option("--dtype", help="auto|fp32|bf16 for MICE scoring.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
+    quantize: Annotated[str, typer.Option("--quantize", help=QUANTIZE_HELP)] = "auto",
     batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", help="How long concurrent requests are "
                                                    "collected into one scoring pass.")] = 5.0,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Requests per scoring pass at most.")] = 32,
@@ -49,7 +50,7 @@ def serve_command(
     except ValueError:
         raise MiceIndexError("--batch-window-ms must be >= 0, --max-batch and --max-queue >= 1") from None
     # the model is always loaded: requests may ask for MICE (or explanations) whatever the default
-    opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device))
+    opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device, quantize=quantize))
     searcher = opened if rerank == "mice" else opened.with_config(rerank=rerank)
     k = clipped("--k", k, 10, searcher.reader.num_docs)
     log = logging.getLogger("mice_index.serve")  # one plain line per request, on stderr

@@ -37,7 +37,7 @@ from mice_index.distributed.shards import (
     shard_blocks,
     write_manifest,
 )
-from mice_index.encoder import DocumentEncoder, EncoderConfig
+from mice_index.encoder import DocumentEncoder
 from mice_index.errors import IndexError_, MiceIndexError
 from mice_index.model import MiceModel
 from mice_index.store import layout as L
@@ -74,11 +74,8 @@ def check_url(index: str | os.PathLike) -> Path:
 
 def make_encoder(b: _Builder) -> tuple[DocumentEncoder, dict[str, Any] | None]:
     """The document encoder of the single-process build (same settings, same dense source)."""
-    cfg = b.cfg
-    tower, dmodel, dtower, dense_desc = _load_dense(b.model, cfg)
-    enc_cfg = EncoderConfig(max_doc_length=b.max_len, batch_tokens=cfg.batch_tokens, window_docs=cfg.window_docs,
-                            window_tokens=cfg.window_tokens, device=cfg.device, dtype=cfg.dtype)
-    encoder = DocumentEncoder(b.model, enc_cfg, tower, dmodel, dtower)
+    tower, dmodel, dtower, dense_desc = _load_dense(b.model, b.cfg)
+    encoder = DocumentEncoder(b.model, b.encoder_config(), tower, dmodel, dtower)
     if dense_desc is not None:
         dense_desc["dim"] = encoder.dense_dim
     return encoder, dense_desc

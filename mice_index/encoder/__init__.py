@@ -22,6 +22,7 @@ import torch
 from mice_index.errors import MiceIndexError
 from mice_index.dense_tower import DenseTower
 from mice_index.model import MiceModel
+from mice_index.prune import PRUNE_RULES, TokenPruner
 from mice_index.sources import Document
 from mice_index.text import bounded_token_ids
 
@@ -40,6 +41,7 @@ class EncoderConfig:
     window_tokens: int = 65536  # ... and at most this many real tokens per window
     device: Device = "auto"
     dtype: DType = "auto"  # compute dtype (see resolve_dtype); states are float32 before the codec
+    prune: str = "none"  # document-token pruning after the bottom (mice_index.prune.PRUNE_RULES)
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_docs", "window_tokens"):
@@ -51,6 +53,8 @@ class EncoderConfig:
             raise MiceIndexError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise MiceIndexError(f"--dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.prune not in PRUNE_RULES:
+            raise MiceIndexError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -128,6 +132,7 @@ class DocumentEncoder:
         model = model.to(self.device).eval()
         tower = tower.to(self.device).eval() if tower is not None else None
         self.main = _Pass(model, tower, config.max_doc_length, self.device)
+        self.pruner = TokenPruner(model.tokenizer, config.prune)
         self.second = None
         if dense_model is not None:
             if dense_tower is None:
@@ -189,18 +194,22 @@ class DocumentEncoder:
     def encode_window(self, start_row: int, docs: list[Document], ids: list[list[int]],
                       truncated: list[bool]) -> EncodedWindow:
         states, dense = self._encode_ids(self.main, ids, want_states=True)
+        if self.pruner.active:  # after the bottom: kept states are exactly the unpruned ones
+            states = [s[self.pruner.keep(x)] for s, x in zip(states, ids)]
         if self.second is not None:
             texts = [self.second.model.format_document(d.title, d.text) for d in docs]
             _, dense = self._encode_ids(self.second, self.second.tokenize(texts)[0], want_states=False)
-        lengths = np.array([len(x) for x in ids], dtype=np.int32)
+        lengths = np.array([len(s) for s in states], dtype=np.int32)
         cat = np.concatenate(states) if states else np.zeros((0, self.hidden_size), np.float32)
         return EncodedWindow(start_row, docs, lengths, np.ascontiguousarray(cat, dtype=np.float32),
                              dense if self.dense_dim else None, np.array(truncated, dtype=bool))
 
     def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
-        """Convenience: texts -> float32 states [T_i, D] (one window, no shard logic)."""
+        """Convenience: texts -> float32 states [T_i, D] as stored (pruned by the config's rule; one
+        window, no shard logic)."""
         ids, _ = self.main.tokenize(texts)
-        return self._encode_ids(self.main, ids, want_states=True)[0]
+        states = self._encode_ids(self.main, ids, want_states=True)[0]
+        return [s[self.pruner.keep(x)] for s, x in zip(states, ids)]
 
     # -- streaming --
     def windows(self, docs: Iterable[Document], start_row: int = 0, boundary: int | None = None,

@@ -30,6 +30,7 @@ from mice_index.scorer.fast import score_pairs
 __all__ = ["MiceScorer", "ScorerConfig", "StateReader"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+QUANTIZE = ("auto", "none", "int8")
 
 
 class StateReader(Protocol):
@@ -44,6 +45,16 @@ class ScorerConfig:
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA and on CPUs with AMX tiles
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = 2  # batches read, decoded and padded ahead of compute
+    # int8: dynamic int8 quantization (torch.ao, fbgemm/x86 kernels) of the interaction layers'
+    # linear sublayers (not the cross-attention key/value weights, which the absorbed path folds
+    # into the query, nor the score head): weights int8 per tensor, activations quantized per
+    # batch. CPU + fp32 only; bounded error, measured in BENCHMARKS.md (Latency). none: exact.
+    # auto: int8 where it runs (CPU, fp32, an x86/fbgemm quantized engine), else none.
+    quantize: Literal["auto", "none", "int8"] = "auto"
+
+    def __post_init__(self):
+        if self.quantize not in QUANTIZE:
+            raise SearchError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
 
 
 @dataclass
@@ -51,6 +62,7 @@ class _Batch:
     pairs: np.ndarray  # [B] positions in the flat pair list
     docs: torch.Tensor  # [B,Tmax,D] padded states, on the device
     mask: torch.Tensor  # [B,Tmax]
+    buffer: torch.Tensor  # the host buffer `docs` was read into (back to the pool once scored)
 
 
 class MiceScorer:
@@ -61,7 +73,12 @@ class MiceScorer:
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[resolve_dtype(config.dtype, self.device)]
         self.model = model.to(self.device, self.dtype).eval()
+        self.interaction = self.model.interaction
+        self.quantize = resolve_quantize(config.quantize, self.device, self.dtype)
+        if self.quantize == "int8":
+            self.interaction = quantized_interaction(self.model.interaction, self.device, self.dtype)
         self.reader = reader
+        self._buffers: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()  # reused host buffers
 
     @torch.inference_mode()
     def score(self, queries: Sequence[str], candidates: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -71,18 +88,65 @@ class MiceScorer:
         flat_rows = np.concatenate([np.asarray(c, dtype=np.int64) for c in candidates] or [[]])
         out = np.empty(len(flat_rows), dtype=np.float32)
         if len(flat_rows):
-            lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
-            order = np.argsort(-lengths, kind="stable")  # longest first: little padding per batch
-            # within a batch, pairs of one query are made contiguous (one matrix product per query)
-            plan = [b[np.argsort(flat_q[b], kind="stable")]
-                    for b in (order[s] for s in _token_batches(lengths[order], self.config.batch_tokens))]
+            plan = self._plan(flat_q, flat_rows)
             q_states, q_mask = self.model.encode_queries(list(queries))  # bottom once per query
             for batch in self._prefetched(plan, flat_rows):
                 out[batch.pairs] = self._score_batch(q_states, q_mask, flat_q[batch.pairs], batch)
+                self.release(batch)  # _score_batch synchronised with the device (.cpu())
             if not np.isfinite(out).all():
                 raise _non_finite(self.reader, flat_rows[~np.isfinite(out)])
         bounds = np.cumsum([0] + [len(c) for c in candidates])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _plan(self, flat_q: np.ndarray, flat_rows: np.ndarray) -> list[np.ndarray]:
+        """Pair positions per batch: longest documents first (little padding per batch), cut by the
+        token budget; within a batch, pairs of one query contiguous (one matrix product per query)."""
+        lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        return [b[np.argsort(flat_q[b], kind="stable")]
+                for b in (order[s] for s in _token_batches(lengths[order], self.config.batch_tokens))]
+
+    def _load(self, pairs: np.ndarray, flat_rows: np.ndarray) -> _Batch:
+        """Read, decode and pad the states of one planned batch into a reused host buffer (a fresh
+        [B,Tmax,D] allocation costs page faults on every batch), then move it to the device."""
+        rows = flat_rows[pairs].tolist()
+        lengths = np.asarray(self.reader.lengths(rows), dtype=np.int64)
+        B, T, D = len(rows), max(1, int(lengths.max())), self.model.config.hidden_size
+        buffer = self._buffer(B * T * D)
+        host = buffer[: B * T * D].view(B, T, D)
+        if hasattr(self.reader, "read_padded"):  # decodes straight into the buffer
+            self.reader.read_padded(rows, host.numpy())
+        else:
+            for i, s in enumerate(self.reader.get_states(rows)):
+                host[i, : len(s)] = torch.from_numpy(s)
+                host[i, len(s):] = 0
+        mask = (torch.arange(T)[None, :] < torch.from_numpy(lengths)[:, None]).long()
+        pin = self.device.type == "cuda"  # pinned host buffers: the copies below run asynchronously
+        if pin:
+            mask = mask.pin_memory()
+        return _Batch(pairs, host.to(self.device, self.dtype, non_blocking=pin),
+                      mask.to(self.device, non_blocking=pin), buffer)
+
+    def _buffer(self, numel: int) -> torch.Tensor:
+        """A host buffer of at least `numel` float32 (pinned on CUDA): a pooled one if it fits."""
+        try:
+            buf = self._buffers.get_nowait()
+            if buf.numel() >= numel:
+                return buf
+        except queue.Empty:
+            pass
+        size = max(numel, (self.config.batch_tokens + 512) * self.model.config.hidden_size)
+        return torch.empty(size, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+
+    def release(self, batch: _Batch) -> None:
+        """Give a scored batch's host buffer back to the pool (at most prefetch + 2 are kept)."""
+        if self._buffers.qsize() < self.config.prefetch + 2:
+            self._buffers.put(batch.buffer)
+
+    def prepare(self, rows: Sequence[int]) -> list[_Batch]:
+        """The batches of one query's candidate rows, read in this thread (benchmarks: stage timing)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return [self._load(pairs, rows) for pairs in self._plan(np.zeros(len(rows), np.int64), rows)]
 
     def _prefetched(self, plan: list[np.ndarray], flat_rows: np.ndarray) -> Iterator[_Batch]:
         """Read + decode + pad the planned batches in a background thread, `prefetch` ahead."""
@@ -94,7 +158,7 @@ class MiceScorer:
                 for pairs in plan:
                     if stop.is_set():
                         return
-                    results.put(_Batch(pairs, *self._pad(self.reader.get_states(flat_rows[pairs].tolist()))))
+                    results.put(self._load(pairs, flat_rows))
                 results.put(None)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
                 results.put(exc)
@@ -120,18 +184,39 @@ class MiceScorer:
         sel = torch.as_tensor(present, device=self.device)
         qm = q_mask[sel]
         tq = int(qm.sum(1).max())  # drop padding columns no query of this batch needs
-        s = score_pairs(self.model.interaction, q_states[sel, :tq], qm[:, :tq],
+        s = score_pairs(self.interaction, q_states[sel, :tq], qm[:, :tq],
                         torch.as_tensor(local, device=self.device), batch.docs, batch.mask)
         return s.float().cpu().numpy()
 
-    def _pad(self, states: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([s.shape[0] for s in states])
-        docs = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(s) for s in states], batch_first=True)
-        mask = (torch.arange(docs.shape[1])[None, :] < lengths[:, None]).long()
-        pin = self.device.type == "cuda"
-        if pin:  # pinned host buffers: the copies below run asynchronously
-            docs, mask = docs.pin_memory(), mask.pin_memory()
-        return docs.to(self.device, self.dtype, non_blocking=pin), mask.to(self.device, non_blocking=pin)
+
+def resolve_quantize(quantize: str, device: torch.device, dtype: torch.dtype, engines=None) -> str:
+    """auto -> int8 on CPU in fp32 where torch has x86/fbgemm int8 kernels (`engines`, default:
+    torch.backends.quantized.supported_engines), else none."""
+    if quantize != "auto":
+        return quantize
+    engines = torch.backends.quantized.supported_engines if engines is None else engines
+    fast = device.type == "cpu" and dtype == torch.float32 and ("x86" in engines or "fbgemm" in engines)
+    return "int8" if fast else "none"
+
+
+def quantized_interaction(inter: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of `inter` whose per-pair linear sublayers use dynamic int8 quantization
+    (`torch.ao.quantization.quantize_dynamic`, x86/fbgemm kernels). Kept in fp32: the cross-
+    attention key/value projections (the absorbed path reads their weight matrices), the late-
+    interaction term (query side only) and the score head. SearchError off CPU or off fp32."""
+    import copy
+    import warnings
+
+    if device.type != "cpu" or dtype != torch.float32:
+        raise SearchError(f"--quantize int8 runs on CPU in fp32 only (got {device.type}, {dtype}); "
+                          "use --quantize none")
+    keep = {"head", "pooler"}
+    names = {name for name, m in inter.named_modules() if isinstance(m, torch.nn.Linear)
+             and name not in keep and not name.startswith("late.")
+             and not name.endswith(("cross_attn.key", "cross_attn.value"))}
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao,
+        warnings.simplefilter("ignore")  # whose int8 CPU path measured 6x slower here (no fbgemm)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(inter), names, dtype=torch.qint8)
 
 
 def _non_finite(reader: StateReader, rows: np.ndarray) -> Exception:

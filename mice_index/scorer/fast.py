@@ -16,7 +16,9 @@ exactly, for many (query, document) pairs at inference time:
    standard path.
 3. The [CLS] row never cross-attends, so only the query-token rows go through cross-attention.
 4. The "cls+maxsim" head's late-interaction term projects and weights each query's tokens once,
-   then needs one [Tq,Td] product of cosines per pair (documents are only L2-normalised).
+   then needs one [Tq,Td] product per pair. Its query rows join the first cross-attention's
+   score product (one pass over the document states for both), and the documents' L2
+   normalisation is applied to the [Td] products (q·d/|d|) instead of to the states.
 
 tests/test_scorer.py checks both paths against `Interaction.forward`.
 """
@@ -24,7 +26,6 @@ tests/test_scorer.py checks both paths against `Interaction.forward`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mice_index.model import Attention, Interaction, LateInteraction, key_padding_mask, query_self_mask
 
@@ -42,53 +43,66 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
     self_mask = query_self_mask(q_mask, q.dtype)  # [Q,1,Tq,Tq]
     keys_mask = key_padding_mask(d_mask, q.dtype)[:, 0, 0]  # [P,Td] additive
     docs = docs.to(q.dtype)
-    late = _late(inter.late, q, q_mask, pair_query, docs, d_mask) if inter.late is not None else 0.0
+    late_q = inter.late.query(q, q_mask) if inter.late is not None else None  # ([Q,Tq,D], [Q,Tq])
     if len(inter.layers) == 1:  # the [CLS] of a single interaction layer never sees the document
+        late = _late(late_q, pair_query, docs, d_mask, _products(docs, late_q[0], pair_query)) if late_q else 0.0
         return inter.score_cls(q, self_mask)[pair_query] + late
     first, *middle = inter.layers[:-1]
     x = first.self_attn(q, q, self_mask)  # once per query
-    x = first.ffn(_cross(first.cross_attn, x, pair_query, docs, keys_mask))  # per pair from here
+    x, extra = _cross(first.cross_attn, x, pair_query, docs, keys_mask, late_q[0] if late_q else None)
+    late = _late(late_q, pair_query, docs, d_mask, extra) if late_q else 0.0
+    x = first.ffn(x)  # per pair from here
     pair_self_mask = self_mask[pair_query]
     every = torch.arange(len(pair_query), device=docs.device)
     for layer in middle:
         x = layer.self_attn(x, x, pair_self_mask)
-        x = layer.ffn(_cross(layer.cross_attn, x, every, docs, keys_mask))
+        x = layer.ffn(_cross(layer.cross_attn, x, every, docs, keys_mask)[0])
     return inter.score_cls(x, pair_self_mask) + late
 
 
-def _late(late: LateInteraction, q: torch.Tensor, q_mask: torch.Tensor, pair_query: torch.Tensor,
-          docs: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
-    """The late-interaction term for P pairs: query side once per query, one product per pair -> [P]."""
-    qn, w = late.query(q, q_mask)  # [Q,Tq,D], [Q,Tq]
-    sim = torch.matmul(qn[pair_query], F.normalize(docs, dim=-1).transpose(1, 2))  # [P,Tq,Td]
-    return LateInteraction.combine(sim, w[pair_query], d_mask)
+def _late(late_q: tuple[torch.Tensor, torch.Tensor], pair_query: torch.Tensor, docs: torch.Tensor,
+          d_mask: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
+    """The late-interaction term for P pairs -> [P], from the query side (projected unit tokens
+    [Q,Tq,D], weights [Q,Tq]) and `products` [P,Td,Tq] of document states with those tokens."""
+    inv_norm = 1.0 / torch.linalg.vector_norm(docs, dim=-1).clamp_min(1e-12)  # as F.normalize
+    sim = (products * inv_norm[:, :, None]).transpose(1, 2)  # [P,Tq,Td] cosines
+    return LateInteraction.combine(sim, late_q[1][pair_query], d_mask)
 
 
-def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Tensor,
-           keys_mask: torch.Tensor) -> torch.Tensor:
-    """Cross-attention sublayer for pairs: x [Q,Tq,D] (pair p reads x[rows[p]]) -> [P,Tq,D];
-    the [CLS] row (position 0) passes unchanged."""
+def _products(docs: torch.Tensor, mats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """docs [P,Td,D] times mats [Q,K,D] transposed, pair p with mats[rows[p]] -> [P,Td,K]: one
+    large product per run of pairs sharing their query, or one batched product for many runs."""
+    runs = _runs(rows)
+    if len(runs) > MAX_RUNS:  # e.g. per-pair query rows (after the first layer)
+        return torch.matmul(docs, mats[rows].transpose(1, 2))
+    out = docs.new_empty((*docs.shape[:2], mats.shape[1]))
+    for a, b, i in runs:
+        torch.matmul(docs[a:b], mats[i].T, out=out[a:b])
+    return out
+
+
+def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Tensor, keys_mask: torch.Tensor,
+           extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-attention sublayer for pairs: x [Q,Tq,D] (pair p reads x[rows[p]]) -> [P,Tq,D], the
+    [CLS] row (position 0) unchanged; plus, for `extra` rows [Q,E,D], their products with the
+    document states [P,Td,E] (computed in the same pass on the absorbed path), else None."""
     P, Td, D = docs.shape
     H, Tq = attn.num_heads, x.shape[1] - 1
     tokens = x[:, 1:]  # the [CLS] takes no part in cross-attention
     if H * Tq >= D:  # long query: projecting the documents is cheaper
         crossed = attn(tokens[rows], docs, keys_mask[:, None, None, :])
+        products = _products(docs, extra, rows) if extra is not None else None
     else:
         dh = D // H
         q = attn._heads(attn.query(tokens)) * dh ** -0.5  # [Q,H,Tq,dh]
         qk = torch.einsum("qhtd,hde->qhte", q, attn.key.weight.view(H, dh, D)).reshape(-1, H * Tq, D)
-        runs = _runs(rows)
-        if len(runs) <= MAX_RUNS:  # one large product per run of pairs sharing their query rows
-            scores = docs.new_empty((P, Td, H * Tq))
-            for a, b, i in runs:
-                torch.matmul(docs[a:b], qk[i].T, out=scores[a:b])
-        else:  # e.g. per-pair query rows (after the first layer): one batched product
-            scores = torch.matmul(docs, qk[rows].transpose(1, 2))
-        weights = torch.softmax(scores + keys_mask[:, :, None], dim=1)  # over document tokens
+        scores = _products(docs, qk if extra is None else torch.cat([qk, extra], dim=1), rows)
+        products = scores[..., H * Tq:] if extra is not None else None
+        weights = torch.softmax(scores[..., : H * Tq] + keys_mask[:, :, None], dim=1)  # over document tokens
         avg = torch.matmul(weights.transpose(1, 2), docs).view(P, H, Tq, D)  # weighted document states
         ctx = torch.einsum("phtd,hed->pthe", avg, attn.value.weight.view(H, dh, D)).reshape(P, Tq, D)
         crossed = attn.norm(tokens[rows] + attn.out(ctx + attn.value.bias))
-    return torch.cat([x[rows, :1], crossed], dim=1)
+    return torch.cat([x[rows, :1], crossed], dim=1), products
 
 
 def _runs(rows: torch.Tensor) -> list[tuple[int, int, int]]:

@@ -123,14 +123,21 @@ class _Column:
         """Rows [a, b) of every range, concatenated; `verify`: check each touched chunk's crc32c."""
         if not ranges:
             return np.zeros((0, self.width), self.dtype)
+        out = [seg for segs in self.segments(ranges, verify) for seg in segs]
+        return np.concatenate(out) if len(out) > 1 else np.array(out[0])
+
+    def segments(self, ranges: list[tuple[int, int]], verify: bool = True) -> list[list[np.ndarray]]:
+        """Per range, the arrays (memory-mapped views where possible) whose concatenation is rows
+        [a, b); `verify`: check each touched chunk's crc32c first."""
         if self.maps is None:
             try:
-                return np.concatenate([self.arr[a:b] for a, b in ranges])
+                return [[self.arr[a:b]] for a, b in ranges]
             except Exception as exc:  # noqa: BLE001 - zarr raises ValueError / codec errors for bad bytes
                 raise self._damaged(self.path, f"zarr cannot read it ({str(exc).splitlines()[0][:120]})") from None
         out, S, C = [], self.shard_rows, self.chunk_rows
         checked: set[tuple[int, int]] = set()
         for a, b in ranges:
+            segs = []
             while a < b:
                 s, c = a // S, (a % S) // C
                 e = min(b, s * S + (c + 1) * C)  # rows of this range inside chunk (s, c)
@@ -138,9 +145,10 @@ class _Column:
                     self._check(s, c)
                     checked.add((s, c))
                 lo = a - s * S - c * C
-                out.append(self.maps[s][c, lo: lo + e - a])
+                segs.append(self.maps[s][c, lo: lo + e - a])
                 a = e
-        return np.concatenate(out) if len(out) > 1 else np.array(out[0])
+            out.append(segs)
+        return out
 
     def _check(self, s: int, c: int) -> None:
         if google_crc32c.value(self.chunks[s][c]) != int(self.crcs[s][c]):
@@ -339,6 +347,36 @@ class IndexReader:
         cat = self.codec.decode_torch({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}).numpy()
         bounds = np.cumsum([0] + [next(iter(p.values())).shape[0] for p in parts])
         return [cat[bounds[i]: bounds[i + 1]] for i in range(len(parts))]
+
+    def read_padded(self, rows, out: np.ndarray) -> np.ndarray:
+        """Decoded states of `rows` written into out[i, :T_i] (float32 [B, >= max T_i, D]; the
+        rest of each row zeroed) without intermediate copies where the codec allows it (fp16 /
+        fp32: one converting copy from the memory-mapped chunks) -> lengths int64 [B]."""
+        shard, local = self._locate(rows)
+        lengths = np.zeros(shard.size, dtype=np.int64)
+        direct = self.codec.name in ("fp16", "fp32")  # one "values" column holding the states
+        for s in np.unique(shard):
+            sh = self._shards[int(s)]
+            pos = np.nonzero(shard == s)[0]
+            pos = pos[np.argsort(local[pos], kind="stable")]  # read in storage order
+            off = sh.offsets
+            ranges = [(int(off[r]), int(off[r + 1])) for r in local[pos]]
+            lengths[pos] = [b - a for a, b in ranges]
+            if direct:
+                for p, segs in zip(pos, sh.columns["values"].segments(ranges, self.verify_chunks)):
+                    t = 0
+                    for seg in segs:
+                        np.copyto(out[p, t: t + len(seg)], seg, casting="same_kind")
+                        t += len(seg)
+            else:
+                data = {k: c.read(ranges, self.verify_chunks) for k, c in sh.columns.items()}
+                states = self.codec.decode_torch(data).numpy()
+                bounds = np.cumsum([0] + [b - a for a, b in ranges])
+                for j, p in enumerate(pos):
+                    out[p, : bounds[j + 1] - bounds[j]] = states[bounds[j]: bounds[j + 1]]
+        for p, n in enumerate(lengths):
+            out[p, n:] = 0
+        return lengths
 
     def lengths(self, rows) -> np.ndarray:
         shard, local = self._locate(rows)
