@@ -96,6 +96,34 @@ def test_zarr_fallback_path_equals_mmap(built):
         assert np.array_equal(got, states[row])
 
 
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8", "rq"])
+@pytest.mark.parametrize("mapped", [True, False])
+def test_read_padded_equals_get_states(tmp_path, monkeypatch, codec, mapped):
+    """The scorer's read path (decoded straight into a reused [B,T,D] buffer) gives exactly the
+    decoded states of `get_states`, and zeroes every padding position (the buffer is reused)."""
+    monkeypatch.setattr(W, "ZARR_SHARD_TOKENS", 64)
+    monkeypatch.setattr(W, "ZARR_CHUNK_TOKENS", 16)  # documents span chunks and zarr shards
+    rng = np.random.default_rng(1)
+    lens = rng.integers(2, 70, size=24)
+    c = make_codec(codec, D, **({"M": 4, "nbits": 4, "n_centroids": 16} if codec == "rq" else {}))
+    if c.needs_fit:
+        c = c.fit(rng.standard_normal((4096, D)).astype(np.float32), seed=0)
+    _write_index(tmp_path / "i", c, [[_window(rng, 0, lens[:10])], [_window(rng, 10, lens[10:])]])
+    r = IndexReader.open(tmp_path / "i")
+    if not mapped:
+        for s in r._shards:
+            for col in s.columns.values():
+                col.maps = None
+    rows = [23, 0, 11, 10, 9, 5, 11]
+    want = r.get_states(rows)
+    out = np.full((len(rows), 80, D), np.nan, np.float32)  # stale values must not survive
+    lengths = r.read_padded(rows, out)
+    assert lengths.tolist() == [s.shape[0] for s in want]
+    for i, s in enumerate(want):
+        np.testing.assert_array_equal(out[i, : len(s)], s)
+        assert (out[i, len(s):] == 0).all()
+
+
 def test_zarr_arrays_readable_with_plain_zarr(built):
     import zarr
 

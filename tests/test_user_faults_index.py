@@ -340,11 +340,22 @@ def test_non_finite_scores_are_never_returned(files, idx3, monkeypatch):
         out = real(rows)
         return [np.full_like(s, np.nan) if r == 2 else s for r, s in zip(rows, out)]
 
+    real_padded = reader.read_padded
+
+    def nan_padded(rows, out):  # what the scorer reads
+        lengths = real_padded(rows, out)
+        for i, r in enumerate(rows):
+            if r == 2:
+                out[i, : lengths[i]] = np.nan
+        return lengths
+
     monkeypatch.setattr(reader, "get_states", nan_states)
+    monkeypatch.setattr(reader, "read_padded", nan_padded)
     scorer = MiceScorer(files["model"], reader)
     with pytest.raises(IndexError_, match=r"row 2 \('d3'\) has non-finite stored states.*build shard 00001"):
         scorer.score(["moon"], [[0, 1, 2]])
     monkeypatch.setattr(reader, "get_states", real)  # states fine, but the model overflows
+    monkeypatch.setattr(reader, "read_padded", real_padded)
     monkeypatch.setattr("mice_index.scorer.score_pairs", lambda *a, **k: __import__("torch").full((3,), float("inf")))
     with pytest.raises(SearchError, match="non-finite score"):
         scorer.score(["moon"], [[0, 1, 2]])

@@ -44,7 +44,7 @@ class ScorerConfig:
     batch_tokens: int = 16_384  # padded document tokens per forward pass
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA and on CPUs with AMX tiles
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    prefetch: int = 2  # batches read, decoded and padded ahead of compute
+    prefetch: int = 2  # batches read, decoded and padded ahead of compute (0: no reader thread)
     # int8: dynamic int8 quantization (torch.ao, fbgemm/x86 kernels) of the interaction layers'
     # linear sublayers (not the cross-attention key/value weights, which the absorbed path folds
     # into the query, nor the score head): weights int8 per tensor, activations quantized per
@@ -149,7 +149,11 @@ class MiceScorer:
         return [self._load(pairs, rows) for pairs in self._plan(np.zeros(len(rows), np.int64), rows)]
 
     def _prefetched(self, plan: list[np.ndarray], flat_rows: np.ndarray) -> Iterator[_Batch]:
-        """Read + decode + pad the planned batches in a background thread, `prefetch` ahead."""
+        """Read + decode + pad the planned batches in a background thread, `prefetch` ahead (0: in
+        this thread, one batch at a time)."""
+        if self.config.prefetch <= 0:
+            yield from (self._load(pairs, flat_rows) for pairs in plan)
+            return
         results: queue.Queue = queue.Queue(maxsize=max(1, self.config.prefetch))
         stop = threading.Event()
 

@@ -49,7 +49,7 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
         return inter.score_cls(q, self_mask)[pair_query] + late
     first, *middle = inter.layers[:-1]
     x = first.self_attn(q, q, self_mask)  # once per query
-    x, extra = _cross(first.cross_attn, x, pair_query, docs, keys_mask, late_q[0] if late_q else None)
+    x, extra, finite = _cross(first.cross_attn, x, pair_query, docs, keys_mask, late_q[0] if late_q else None)
     late = _late(late_q, pair_query, docs, d_mask, extra) if late_q else 0.0
     x = first.ffn(x)  # per pair from here
     pair_self_mask = self_mask[pair_query]
@@ -57,7 +57,9 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
     for layer in middle:
         x = layer.self_attn(x, x, pair_self_mask)
         x = layer.ffn(_cross(layer.cross_attn, x, every, docs, keys_mask)[0])
-    return inter.score_cls(x, pair_self_mask) + late
+    # a non-finite document state gives a NaN score (the scorer then names the damaged shard) even
+    # where later kernels would not propagate it (dynamic int8 quantization clamps NaN to a number)
+    return torch.where(finite, inter.score_cls(x, pair_self_mask) + late, torch.nan)
 
 
 def _late(late_q: tuple[torch.Tensor, torch.Tensor], pair_query: torch.Tensor, docs: torch.Tensor,
@@ -82,16 +84,18 @@ def _products(docs: torch.Tensor, mats: torch.Tensor, rows: torch.Tensor) -> tor
 
 
 def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Tensor, keys_mask: torch.Tensor,
-           extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+           extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Cross-attention sublayer for pairs: x [Q,Tq,D] (pair p reads x[rows[p]]) -> [P,Tq,D], the
     [CLS] row (position 0) unchanged; plus, for `extra` rows [Q,E,D], their products with the
-    document states [P,Td,E] (computed in the same pass on the absorbed path), else None."""
+    document states [P,Td,E] (computed in the same pass on the absorbed path), else None; plus
+    bool [P]: the pair's attention output is finite (False if its document holds NaN / inf)."""
     P, Td, D = docs.shape
     H, Tq = attn.num_heads, x.shape[1] - 1
     tokens = x[:, 1:]  # the [CLS] takes no part in cross-attention
     if H * Tq >= D:  # long query: projecting the documents is cheaper
         crossed = attn(tokens[rows], docs, keys_mask[:, None, None, :])
         products = _products(docs, extra, rows) if extra is not None else None
+        finite = torch.isfinite(docs).flatten(1).all(1)
     else:
         dh = D // H
         q = attn._heads(attn.query(tokens)) * dh ** -0.5  # [Q,H,Tq,dh]
@@ -101,8 +105,9 @@ def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Ten
         weights = torch.softmax(scores[..., : H * Tq] + keys_mask[:, :, None], dim=1)  # over document tokens
         avg = torch.matmul(weights.transpose(1, 2), docs).view(P, H, Tq, D)  # weighted document states
         ctx = torch.einsum("phtd,hed->pthe", avg, attn.value.weight.view(H, dh, D)).reshape(P, Tq, D)
+        finite = torch.isfinite(ctx).flatten(1).all(1)  # NaN / inf states reach every row of ctx
         crossed = attn.norm(tokens[rows] + attn.out(ctx + attn.value.bias))
-    return torch.cat([x[rows, :1], crossed], dim=1), products
+    return torch.cat([x[rows, :1], crossed], dim=1), products, finite
 
 
 def _runs(rows: torch.Tensor) -> list[tuple[int, int, int]]:
