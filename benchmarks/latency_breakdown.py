@@ -2,11 +2,11 @@
 
 Each stage runs on its own (no overlap with the prefetch thread), so the stage times add up to
 the sequential cost; the end-to-end `Searcher.search` time (with the scorer's real pipeline) is
-measured in the same run. Variants (every index × every --quantize) run interleaved query by
-query, so machine load hits them alike: compare them by their ratios.
+measured in the same run. Variants (every index × every --scorer setting) run interleaved query
+by query, so machine load hits them alike: compare them by their ratios.
 
     python benchmarks/latency_breakdown.py --index /work/lat/cranfield-fp16 \
-        --queries ../shared/datasets/cranfield --n 50 --quantize none,int8
+        --queries ../shared/datasets/cranfield --n 50 --scorer quantize=none quantize=int8,prefetch=0
 """
 
 from __future__ import annotations
@@ -58,16 +58,19 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50, help="first N queries")
     p.add_argument("--depth", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quantize", default="none", help="comma list of ScorerConfig.quantize values")
+    p.add_argument("--scorer", nargs="+", default=["quantize=none"],
+                   help="ScorerConfig settings per variant, e.g. quantize=int8,prefetch=0")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     texts = [q.text for q in read_queries(args.queries)][: args.n]
     variants = {}
     for index in args.index:
-        for quantize in args.quantize.split(","):
-            cfg = SearchConfig(candidates="hybrid", depth=args.depth, scorer=ScorerConfig(quantize=quantize))
-            searcher = variants[f"{index.name} quantize={quantize}"] = Searcher.open(index, config=cfg)
+        for setting in args.scorer:
+            scorer = ScorerConfig(**{k: (int(v) if v.isdigit() else v)
+                                     for k, v in (kv.split("=") for kv in setting.split(","))})
+            cfg = SearchConfig(candidates="hybrid", depth=args.depth, scorer=scorer)
+            searcher = variants[f"{index.name} {setting}"] = Searcher.open(index, config=cfg)
             searcher.search(texts[0], k=10)  # warm-up: page cache, kernels
             stages(searcher, texts[0])
     per_stage = {v: {} for v in variants}

@@ -29,7 +29,7 @@ DOCS = [  # written for these tests
 ]
 QUERIES = ["volcano ash lava", "honey nectar hive", "coral bleaching algae", "glaciers climate summer",
            "trains between cities", "yeast dough"]
-FP32 = ScorerConfig(dtype="fp32")
+FP32 = ScorerConfig(dtype="fp32", quantize="none")
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,20 @@ def test_int8_scores_stay_close_and_keep_the_exact_path_exact(pruned):
         assert np.corrcoef(q, e)[0, 1] > 0.98
 
 
+def test_int8_scores_do_not_depend_on_the_other_queries(pruned):
+    root, model = pruned
+    reader = IndexReader.open(root / "none")
+    scorer = MiceScorer(model, reader, ScorerConfig(dtype="fp32", quantize="int8", batch_tokens=300))
+    rows = [list(range(0, 20)), list(range(10, 30)), [3, 1, 2]]
+    queries = ["honey bees", "coral reef bleaching in warm water", "stars"]
+    together = scorer.score(queries, rows)
+    for q, r, t in zip(queries, rows, together):
+        # as close as the exact path gets (the query bottom pads queries to the longest of a call):
+        # per-batch activation scales of queries searched together would differ by ~1e-3
+        np.testing.assert_allclose(scorer.score([q], [r])[0], t, rtol=0, atol=2e-6)
+    assert len(scorer._plan(np.repeat([0, 1, 2], [20, 20, 3]), np.concatenate(rows))) >= 3  # several batches
+
+
 def test_bad_quantize_values(pruned):
     root, model = pruned
     with pytest.raises(SearchError, match="--quantize must be one of auto, none, int8"):

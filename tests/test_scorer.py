@@ -36,7 +36,7 @@ def test_scores_match_text_path(tiny_mice, batch_tokens):
     reader = ListReader(tiny_mice, DOCS)
     queries = ["how do bees make honey", "navigation by stars"]
     rows = [[0, 1, 2, 3, 4], [4, 0, 3]]
-    cfg = ScorerConfig(batch_tokens=batch_tokens, dtype="fp32")
+    cfg = ScorerConfig(batch_tokens=batch_tokens, dtype="fp32", quantize="none")
     got = MiceScorer(tiny_mice, reader, cfg).score(queries, rows)
     for q, r, g in zip(queries, rows, got):
         want = tiny_mice.score_texts(q, [DOCS[i] for i in r]).numpy()
@@ -44,7 +44,7 @@ def test_scores_match_text_path(tiny_mice, batch_tokens):
 
 
 def test_empty_candidate_lists(tiny_mice):
-    scorer = MiceScorer(tiny_mice, ListReader(tiny_mice, DOCS), ScorerConfig(dtype="fp32"))
+    scorer = MiceScorer(tiny_mice, ListReader(tiny_mice, DOCS), ScorerConfig(dtype="fp32", quantize="none"))
     out = scorer.score(["a", "b"], [[], [1]])
     assert out[0].shape == (0,) and out[1].shape == (1,)
     assert scorer.score([], []) == []
@@ -58,14 +58,14 @@ def test_reader_errors_reach_the_caller(tiny_mice):
         def get_states(self, rows):
             raise OSError("shard 00003 unreadable")
 
-    scorer = MiceScorer(tiny_mice, Broken(), ScorerConfig(dtype="fp32", batch_tokens=5))
+    scorer = MiceScorer(tiny_mice, Broken(), ScorerConfig(dtype="fp32", batch_tokens=5, quantize="none"))
     with pytest.raises(OSError, match="00003"):
         scorer.score(["q"], [[0, 1, 2]])
 
 
 def test_bf16_ranking_close_to_fp32(tiny_mice):
     reader = ListReader(tiny_mice, DOCS)
-    fp32 = MiceScorer(tiny_mice, reader, ScorerConfig(dtype="fp32")).score(["bees"], [[0, 1, 2, 4]])[0]
+    fp32 = MiceScorer(tiny_mice, reader, ScorerConfig(dtype="fp32", quantize="none")).score(["bees"], [[0, 1, 2, 4]])[0]
     bf16 = MiceScorer(tiny_mice, reader, ScorerConfig(dtype="bf16")).score(["bees"], [[0, 1, 2, 4]])[0]
     assert np.abs(bf16 - fp32).max() < 0.05
     tiny_mice.to(torch.float32)

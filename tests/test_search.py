@@ -19,7 +19,7 @@ from mice_index.sources import Query, read_queries, sample_collection
 
 from .conftest import write_tiny_bert
 
-FP32 = ScorerConfig(dtype="fp32")
+FP32 = ScorerConfig(dtype="fp32", quantize="none")
 
 
 @pytest.fixture(scope="module")

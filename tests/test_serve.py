@@ -27,7 +27,7 @@ from mice_index.store import index_info  # noqa: E402
 
 from .test_search import _cli, built  # noqa: E402,F401
 
-FP32 = ScorerConfig(dtype="fp32")
+FP32 = ScorerConfig(dtype="fp32", quantize="none")
 QUERIES = ["coral reef bleaching", "how do honey bees make honey", "volcano eruption", "the of and"]
 
 

@@ -35,7 +35,7 @@ from mice_index.sources import Query, read_queries
 from .conftest import write_tiny_bert
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FP32 = ScorerConfig(dtype="fp32")
+FP32 = ScorerConfig(dtype="fp32", quantize="none")
 ROOT = Path(__file__).resolve().parents[1]
 CLIPPED = "is larger than the corpus"
 

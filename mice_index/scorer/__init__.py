@@ -48,7 +48,8 @@ class ScorerConfig:
     # int8: dynamic int8 quantization (torch.ao, fbgemm/x86 kernels) of the interaction layers'
     # linear sublayers (not the cross-attention key/value weights, which the absorbed path folds
     # into the query, nor the score head): weights int8 per tensor, activations quantized per
-    # batch. CPU + fp32 only; bounded error, measured in BENCHMARKS.md (Latency). none: exact.
+    # batch (so with int8 a batch holds one query's candidates only). CPU + fp32 only; bounded
+    # error, measured in BENCHMARKS.md (Latency). none: exact, independent of batching.
     # auto: int8 where it runs (CPU, fp32, an x86/fbgemm quantized engine), else none.
     quantize: Literal["auto", "none", "int8"] = "auto"
 
@@ -100,11 +101,18 @@ class MiceScorer:
 
     def _plan(self, flat_q: np.ndarray, flat_rows: np.ndarray) -> list[np.ndarray]:
         """Pair positions per batch: longest documents first (little padding per batch), cut by the
-        token budget; within a batch, pairs of one query contiguous (one matrix product per query)."""
+        token budget; within a batch, pairs of one query contiguous (one matrix product per query).
+        With int8, batches never mix queries: dynamic quantization scales activations per batch, so
+        a query's scores must not depend on which other queries were searched with it."""
         lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
-        order = np.argsort(-lengths, kind="stable")
-        return [b[np.argsort(flat_q[b], kind="stable")]
-                for b in (order[s] for s in _token_batches(lengths[order], self.config.batch_tokens))]
+        groups = [np.nonzero(flat_q == q)[0] for q in np.unique(flat_q)] if self.quantize == "int8" else [
+            np.arange(len(flat_q))]
+        plan = []
+        for group in groups:
+            order = group[np.argsort(-lengths[group], kind="stable")]
+            plan += [b[np.argsort(flat_q[b], kind="stable")]
+                     for b in (order[s] for s in _token_batches(lengths[order], self.config.batch_tokens))]
+        return plan
 
     def _load(self, pairs: np.ndarray, flat_rows: np.ndarray) -> _Batch:
         """Read, decode and pad the states of one planned batch into a reused host buffer (a fresh
