@@ -60,6 +60,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scorer", nargs="+", default=["quantize=none"],
                    help="ScorerConfig settings per variant, e.g. quantize=int8,prefetch=0")
+    p.add_argument("--no-stages", dest="stages", action="store_false",
+                   help="end-to-end only (e.g. for an older mice-index on PYTHONPATH)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,16 +70,17 @@ def main() -> None:
     for index in args.index:
         for setting in args.scorer:
             scorer = ScorerConfig(**{k: (int(v) if v.isdigit() else v)
-                                     for k, v in (kv.split("=") for kv in setting.split(","))})
+                                     for k, v in (kv.split("=") for kv in setting.split(",") if kv)})
             cfg = SearchConfig(candidates="hybrid", depth=args.depth, scorer=scorer)
             searcher = variants[f"{index.name} {setting}"] = Searcher.open(index, config=cfg)
             searcher.search(texts[0], k=10)  # warm-up: page cache, kernels
-            stages(searcher, texts[0])
+            if args.stages:
+                stages(searcher, texts[0])
     per_stage = {v: {} for v in variants}
     total = {v: [] for v in variants}
     for text in texts:
         for name, searcher in variants.items():
-            for k, v in stages(searcher, text).items():
+            for k, v in (stages(searcher, text) if args.stages else {}).items():
                 per_stage[name].setdefault(k, []).append(v)
             t = time.perf_counter()
             searcher.search(text, k=10)

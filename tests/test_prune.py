@@ -17,7 +17,7 @@ from mice_index.prune import TokenPruner
 from mice_index.scorer import MiceScorer, ScorerConfig
 from mice_index.search import SearchConfig, Searcher
 from mice_index.sources import sample_collection
-from mice_index.store import IndexReader
+from mice_index.store import IndexReader, index_info
 
 from .conftest import write_tiny_bert
 from .test_user_faults_inputs import cli_one_line
@@ -85,6 +85,7 @@ def test_pruned_index_stores_exactly_the_kept_tokens(pruned):
         np.testing.assert_array_equal(kept, states[keep])  # the same states, rows dropped
     assert cut.manifest["settings"]["prune"] == "stopwords"
     assert "prune" not in full.manifest["settings"]  # absent = none: indexes built before pruning
+    assert index_info(root / "stopwords")["prune"] == "stopwords" and index_info(root / "none")["prune"] == "none"
     assert cut.num_tokens < 0.9 * full.num_tokens
 
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mice_index.codec import make_codec
 from mice_index.encoder import EncodedWindow
@@ -116,8 +117,9 @@ def test_read_padded_equals_get_states(tmp_path, monkeypatch, codec, mapped):
                 col.maps = None
     rows = [23, 0, 11, 10, 9, 5, 11]
     want = r.get_states(rows)
-    out = np.full((len(rows), 80, D), np.nan, np.float32)  # stale values must not survive
+    out = torch.full((len(rows), 80, D), float("nan"))  # stale values must not survive
     lengths = r.read_padded(rows, out)
+    out = out.numpy()
     assert lengths.tolist() == [s.shape[0] for s in want]
     for i, s in enumerate(want):
         np.testing.assert_array_equal(out[i, : len(s)], s)

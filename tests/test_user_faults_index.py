@@ -346,7 +346,7 @@ def test_non_finite_scores_are_never_returned(files, idx3, monkeypatch):
         lengths = real_padded(rows, out)
         for i, r in enumerate(rows):
             if r == 2:
-                out[i, : lengths[i]] = np.nan
+                out[i, : lengths[i]] = float("nan")
         return lengths
 
     monkeypatch.setattr(reader, "get_states", nan_states)

@@ -45,7 +45,7 @@ def build_command(
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
     codec: Annotated[str, typer.Option("--codec", help=f"State codec: {', '.join(CODEC_NAMES)}. fp16 and int8-dim keep MICE rankings "
                                    "(within ~0.1 nDCG@10 point of fp32); compact (rq32, 32 B/token) costs "
-                                   "~4 points with the default model (BENCHMARKS.md).")] = "fp16",
+                                   "0.02 point with the default pipeline (README, Evaluation).")] = "fp16",
     max_doc_length: Annotated[int | None, typer.Option("--max-doc-length",
                                                        help="Token limit per document (default: the model's).")] = None,
     batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")] = 8192,
@@ -142,6 +142,8 @@ def info_command(
         ("documents", f"{info['num_docs']:,} in {info['num_shards']} shards"),
         ("tokens", f"{info['num_tokens']:,} ({info['truncated_docs']:,} docs truncated at "
                    f"{info['max_doc_length']}, {info['empty_docs']:,} empty)"),
+        ("token pruning", info["prune"] if info["prune"] == "none" else f"{info['prune']} (stopword and punctuation "
+                                                                         "states not stored)"),
         ("codec", f"{info['codec']} ({info['codec_bytes_per_token']} B/token nominal, "
                   f"{info['bytes_per_token']} B/token on disk)"),
         ("model", f"{info['model']} (fingerprint {info['model_fingerprint']})"),

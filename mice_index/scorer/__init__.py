@@ -123,7 +123,7 @@ class MiceScorer:
         buffer = self._buffer(B * T * D)
         host = buffer[: B * T * D].view(B, T, D)
         if hasattr(self.reader, "read_padded"):  # decodes straight into the buffer
-            self.reader.read_padded(rows, host.numpy())
+            self.reader.read_padded(rows, host)
         else:
             for i, s in enumerate(self.reader.get_states(rows)):
                 host[i, : len(s)] = torch.from_numpy(s)

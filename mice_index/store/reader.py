@@ -348,10 +348,15 @@ class IndexReader:
         bounds = np.cumsum([0] + [next(iter(p.values())).shape[0] for p in parts])
         return [cat[bounds[i]: bounds[i + 1]] for i in range(len(parts))]
 
-    def read_padded(self, rows, out: np.ndarray) -> np.ndarray:
-        """Decoded states of `rows` written into out[i, :T_i] (float32 [B, >= max T_i, D]; the
-        rest of each row zeroed) without intermediate copies where the codec allows it (fp16 /
-        fp32: one converting copy from the memory-mapped chunks) -> lengths int64 [B]."""
+    def read_padded(self, rows, out) -> np.ndarray:
+        """Decoded states of `rows` written into out[i, :T_i] (a float32 torch tensor [B, >= max
+        T_i, D]; the rest of each row zeroed) without intermediate copies where the codec allows
+        it (fp16 / fp32: one converting copy from the memory-mapped chunks, by torch, whose
+        float16 conversion is vectorised) -> lengths int64 [B]."""
+        import warnings
+
+        import torch
+
         shard, local = self._locate(rows)
         lengths = np.zeros(shard.size, dtype=np.int64)
         direct = self.codec.name in ("fp16", "fp32")  # one "values" column holding the states
@@ -363,14 +368,16 @@ class IndexReader:
             ranges = [(int(off[r]), int(off[r + 1])) for r in local[pos]]
             lengths[pos] = [b - a for a, b in ranges]
             if direct:
-                for p, segs in zip(pos, sh.columns["values"].segments(ranges, self.verify_chunks)):
-                    t = 0
-                    for seg in segs:
-                        np.copyto(out[p, t: t + len(seg)], seg, casting="same_kind")
-                        t += len(seg)
+                with warnings.catch_warnings():  # read-only memory maps: torch only reads them here
+                    warnings.simplefilter("ignore", UserWarning)
+                    for p, segs in zip(pos, sh.columns["values"].segments(ranges, self.verify_chunks)):
+                        t = 0
+                        for seg in segs:
+                            out[p, t: t + len(seg)].copy_(torch.from_numpy(seg))
+                            t += len(seg)
             else:
                 data = {k: c.read(ranges, self.verify_chunks) for k, c in sh.columns.items()}
-                states = self.codec.decode_torch(data).numpy()
+                states = self.codec.decode_torch(data)
                 bounds = np.cumsum([0] + [b - a for a, b in ranges])
                 for j, p in enumerate(pos):
                     out[p, : bounds[j + 1] - bounds[j]] = states[bounds[j]: bounds[j + 1]]
