@@ -6,11 +6,12 @@ default pipeline (the model's recommended α), from the same MICE scores:
 
     base         fp32, every stored token (the exact path)
     int8         ScorerConfig(quantize="int8")
+    bf16         ScorerConfig(dtype="bf16"): the interaction layers in bfloat16
     prune        document states of stopwords/punctuation dropped (`--prune stopwords`); simulated
                  on the unpruned index by re-tokenising each candidate exactly like `build` and
                  dropping the same rows, which is what a pruned build stores (pruning happens after
                  the bottom layers, so kept states are unchanged)
-    prune+int8   both
+    prune+int8, prune+bf16   both
 
 Also reported: the MICE scoring CPU time per variant (process CPU seconds, summed over threads:
 less sensitive to other load than wall time) and the share of document tokens kept.
@@ -73,7 +74,7 @@ class PrunedReader:
         return out
 
 
-def run_collection(folder: Path, index: Path, depth: int, batch: int) -> dict:
+def run_collection(folder: Path, index: Path, depth: int, batch: int, names: list[str]) -> dict:
     searcher = Searcher.open(index, config=SearchConfig(candidates="hybrid", depth=depth))
     model, reader, alpha = searcher.model, searcher.reader, searcher.alpha
     queries = list(read_queries(folder))
@@ -83,11 +84,11 @@ def run_collection(folder: Path, index: Path, depth: int, batch: int) -> dict:
     firsts = [s[r >= 0] for r, s in zip(cands.rows, cands.scores)]
     pruned = PrunedReader(reader, model, "stopwords")
     pruned.keep(sorted({int(x) for r in rows for x in r}))  # tokenise outside the timed part
-    variants = {"base": (reader, "none"), "int8": (reader, "int8"), "prune": (pruned, "none"),
-                "prune+int8": (pruned, "int8")}
     out = {}
-    for name, (rd, quantize) in variants.items():
-        scorer = MiceScorer(model, rd, ScorerConfig(quantize=quantize, dtype="fp32"))
+    for name in names:
+        rd = pruned if name.startswith("prune") else reader
+        quantize = "int8" if name.endswith("int8") else "none"
+        scorer = MiceScorer(model, rd, ScorerConfig(quantize=quantize, dtype="bf16" if name.endswith("bf16") else "fp32"))
         scorer.score(texts[:batch], rows[:batch])  # warm-up: page cache, kernels
         t = time.process_time()
         mice = []
@@ -113,12 +114,14 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=100)
     p.add_argument("--batch", type=int, default=16, help="queries per scorer call (as search_many)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default="base,int8,bf16,prune,prune+int8,prune+bf16")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency_quality.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     report = {}
     for name in args.collections.split(","):
-        report[name] = run_collection(args.datasets / name, args.indexes / f"{name}-fp16", args.depth, args.batch)
+        report[name] = run_collection(args.datasets / name, args.indexes / f"{name}-fp16", args.depth, args.batch,
+                                      args.variants.split(","))
         print(name, json.dumps(report[name]), flush=True)
     variants = [k for k in report[next(iter(report))] if k != "kept_token_share"]
     report["average"] = {v: {m: round(float(np.mean([report[c][v][m] for c in args.collections.split(",")])), 4)

@@ -189,3 +189,13 @@ def test_explain_maps_a_pruned_index_back_to_words(pruned):
                 assert all(e.text[a:b].lower() == w.word.lower() for a, b in w.spans)
     matched = {w.word.lower() for e in explanations for m in e.matches for w in m.words}
     assert matched  # (a random tiny model: which words match is not lexical)
+
+
+def test_a_bf16_scorer_leaves_the_shared_model_in_fp32(pruned):
+    root, model = pruned
+    reader = IndexReader.open(root / "none")
+    rows = list(range(reader.num_docs))
+    before = MiceScorer(model, reader, FP32).score(["honey bees"], [rows])[0]
+    MiceScorer(model, reader, ScorerConfig(dtype="bf16")).score(["honey bees"], [rows])
+    assert next(model.parameters()).dtype == torch.float32
+    np.testing.assert_array_equal(MiceScorer(model, reader, FP32).score(["honey bees"], [rows])[0], before)

@@ -13,6 +13,7 @@ equals `MiceModel.score_states`.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -73,7 +74,10 @@ class MiceScorer:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[resolve_dtype(config.dtype, self.device)]
-        self.model = model.to(self.device, self.dtype).eval()
+        first = next(model.parameters())
+        if first.device != self.device or first.dtype != self.dtype:  # a copy: the caller's model
+            model = copy.deepcopy(model).to(self.device, self.dtype)  # (shared, e.g. fp32) stays as it is
+        self.model = model.eval()
         self.interaction = self.model.interaction
         self.quantize = resolve_quantize(config.quantize, self.device, self.dtype)
         if self.quantize == "int8":
@@ -216,7 +220,6 @@ def quantized_interaction(inter: torch.nn.Module, device: torch.device, dtype: t
     (`torch.ao.quantization.quantize_dynamic`, x86/fbgemm kernels). Kept in fp32: the cross-
     attention key/value projections (the absorbed path reads their weight matrices), the late-
     interaction term (query side only) and the score head. SearchError off CPU or off fp32."""
-    import copy
     import warnings
 
     if device.type != "cpu" or dtype != torch.float32:
