@@ -323,16 +323,21 @@ class IndexReader:
             raise IndexError_(f"{self.root}: no document with id {doc_id!r}") from None
 
     # -- states --
-    def get_encoded(self, rows) -> list[Parts]:
-        """Raw codec columns per row (in the order given): [{column: [T_i, width]}]."""
+    def _by_shard(self, rows):
+        """Per build shard holding some of `rows`: (shard, positions in `rows`, token ranges
+        [a, b) of those rows in the shard's columns), positions in storage order."""
         shard, local = self._locate(rows)
-        out: list[Parts | None] = [None] * shard.size
         for s in np.unique(shard):
             sh = self._shards[int(s)]
             pos = np.nonzero(shard == s)[0]
             pos = pos[np.argsort(local[pos], kind="stable")]  # read in storage order
             off = sh.offsets
-            ranges = [(int(off[r]), int(off[r + 1])) for r in local[pos]]
+            yield sh, pos, [(int(off[r]), int(off[r + 1])) for r in local[pos]]
+
+    def get_encoded(self, rows) -> list[Parts]:
+        """Raw codec columns per row (in the order given): [{column: [T_i, width]}]."""
+        out: list[Parts | None] = [None] * len(self._locate(rows)[0])
+        for sh, pos, ranges in self._by_shard(rows):
             data = {k: c.read(ranges, self.verify_chunks) for k, c in sh.columns.items()}
             bounds = np.cumsum([0] + [b - a for a, b in ranges])
             for j, p in enumerate(pos):
@@ -357,15 +362,9 @@ class IndexReader:
 
         import torch
 
-        shard, local = self._locate(rows)
-        lengths = np.zeros(shard.size, dtype=np.int64)
+        lengths = np.zeros(len(self._locate(rows)[0]), dtype=np.int64)
         direct = self.codec.name in ("fp16", "fp32")  # one "values" column holding the states
-        for s in np.unique(shard):
-            sh = self._shards[int(s)]
-            pos = np.nonzero(shard == s)[0]
-            pos = pos[np.argsort(local[pos], kind="stable")]  # read in storage order
-            off = sh.offsets
-            ranges = [(int(off[r]), int(off[r + 1])) for r in local[pos]]
+        for sh, pos, ranges in self._by_shard(rows):
             lengths[pos] = [b - a for a, b in ranges]
             if direct:
                 with warnings.catch_warnings():  # read-only memory maps: torch only reads them here
