@@ -50,6 +50,8 @@ class PrunedReader:
         self.kept = self.total = 0
 
     def __getattr__(self, name):
+        if name == "read_padded":  # the unpruned reader's fast path would read every token
+            raise AttributeError(name)
         return getattr(self.reader, name)
 
     def keep(self, rows) -> list[np.ndarray]:

@@ -162,6 +162,16 @@ def test_bad_quantize_values(pruned):
         MiceScorer(model, reader, ScorerConfig(dtype="bf16", quantize="int8"))
 
 
+def test_auto_dtype_is_bf16_where_the_cpu_has_bf16_dot_products():
+    from mice_index.scorer import resolve_scorer_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_scorer_dtype("auto", cpu, bf16_cpu=True) == "bf16"
+    assert resolve_scorer_dtype("auto", cpu, bf16_cpu=False) == "fp32"
+    assert resolve_scorer_dtype("auto", cuda, bf16_cpu=False) == "bf16"
+    assert resolve_scorer_dtype("fp32", cpu, bf16_cpu=True) == "fp32"
+
+
 def test_auto_quantize_is_int8_only_on_cpu_fp32():
     from mice_index.scorer import resolve_quantize
 

@@ -18,7 +18,7 @@ from mice_index.cli import app
 from mice_index.errors import SearchError, os_errors
 from mice_index.text import check_argument
 
-QUANTIZE_HELP = ("MICE interaction layers: auto (int8 on CPU in fp32, else none), none (exact fp32/bf16) or int8 "
+QUANTIZE_HELP = ("MICE interaction layers: auto (int8 when scoring in fp32 on a CPU, else none), none or int8 "
                  "(dynamic int8 linear layers; BENCHMARKS.md → Latency for its effect on nDCG@10).")
 SNIPPET_WIDTH = 90  # characters of snippet in the printed table (JSON: 200)
 
@@ -53,7 +53,7 @@ def search_command(
         "--alpha", help="Interpolation weight of the first-stage score: alpha·z(first stage) + "
         "(1−alpha)·z(MICE) per query; 0 = pure MICE [default: the model's recommended alpha].")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="MICE model [default: the index's model].")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="auto|fp32|bf16 for MICE scoring.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="MICE scoring: auto (bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
     quantize: Annotated[str, typer.Option("--quantize", help=QUANTIZE_HELP)] = "auto",
     remove_query: Annotated[bool, typer.Option("--remove-query", help="Batch: leave out a document whose id "

@@ -25,7 +25,7 @@ def serve_command(
     depth: Annotated[Optional[int], typer.Option("--depth", help="Default candidates per query re-ranked by MICE "
                                                  "[default: min(100, corpus size)].")] = None,
     rerank: Annotated[str, typer.Option("--rerank", help=f"Default re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto|fp32|bf16 for MICE scoring.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="MICE scoring: auto (bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
     quantize: Annotated[str, typer.Option("--quantize", help=QUANTIZE_HELP)] = "auto",
     batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", help="How long concurrent requests are "

@@ -10,6 +10,7 @@ every resumed run) computes exactly the same batches and therefore bit-identical
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -65,12 +66,26 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_amx() -> bool:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo") as fh:
-            return "amx_bf16" in fh.read()
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    return "amx_bf16" in cpu_flags()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 dot products: AVX512-BF16 or AMX."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def resolve_dtype(dtype: DType, device: torch.device) -> Literal["bf16", "fp32"]:

@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from mice_index.encoder import resolve_device, resolve_dtype
+from mice_index.encoder import cpu_has_bf16, resolve_device
 from mice_index.errors import SearchError
 from mice_index.model import MiceModel
 from mice_index.scorer.fast import score_pairs
@@ -43,7 +43,9 @@ class StateReader(Protocol):
 @dataclass(frozen=True)
 class ScorerConfig:
     batch_tokens: int = 16_384  # padded document tokens per forward pass
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA and on CPUs with AMX tiles
+    # auto: bf16 on CUDA and on CPUs with native bf16 dot products (AVX512-BF16 or AMX): there the
+    # interaction runs ~1.8x faster than fp32 with the same nDCG@10 (BENCHMARKS.md, Latency)
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prefetch: int = 2  # batches read, decoded and padded ahead of compute (0: no reader thread)
     # int8: dynamic int8 quantization (torch.ao, fbgemm/x86 kernels) of the interaction layers'
@@ -73,7 +75,7 @@ class MiceScorer:
     def __init__(self, model: MiceModel, reader: StateReader, config: ScorerConfig = ScorerConfig()):
         self.config = config
         self.device = resolve_device(config.device)
-        self.dtype = DTYPES[resolve_dtype(config.dtype, self.device)]
+        self.dtype = DTYPES[resolve_scorer_dtype(config.dtype, self.device)]
         first = next(model.parameters())
         if first.device != self.device or first.dtype != self.dtype:  # a copy: the caller's model
             model = copy.deepcopy(model).to(self.device, self.dtype)  # (shared, e.g. fp32) stays as it is
@@ -140,7 +142,8 @@ class MiceScorer:
                       mask.to(self.device, non_blocking=pin), buffer)
 
     def _buffer(self, numel: int) -> torch.Tensor:
-        """A host buffer of at least `numel` float32 (pinned on CUDA): a pooled one if it fits."""
+        """A host buffer of at least `numel` elements of the compute dtype (pinned on CUDA): a pooled
+        one if it fits."""
         try:
             buf = self._buffers.get_nowait()
             if buf.numel() >= numel:
@@ -148,7 +151,7 @@ class MiceScorer:
         except queue.Empty:
             pass
         size = max(numel, (self.config.batch_tokens + 512) * self.model.config.hidden_size)
-        return torch.empty(size, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        return torch.empty(size, dtype=self.dtype, pin_memory=self.device.type == "cuda")
 
     def release(self, batch: _Batch) -> None:
         """Give a scored batch's host buffer back to the pool (at most prefetch + 2 are kept)."""
@@ -203,6 +206,16 @@ class MiceScorer:
         s = score_pairs(self.interaction, q_states[sel, :tq], qm[:, :tq],
                         torch.as_tensor(local, device=self.device), batch.docs, batch.mask)
         return s.float().cpu().numpy()
+
+
+def resolve_scorer_dtype(dtype: str, device: torch.device, bf16_cpu: bool | None = None) -> str:
+    """auto -> bf16 on CUDA and on CPUs with native bf16 dot products (`bf16_cpu`, default: read
+    from the CPU flags), else fp32. Unlike the build's bf16 autocast (slower than fp32 without
+    AMX), the scorer's products are large matrix products, which AVX512-BF16 speeds up."""
+    if dtype != "auto":
+        return dtype
+    bf16_cpu = cpu_has_bf16() if bf16_cpu is None else bf16_cpu
+    return "bf16" if device.type == "cuda" or bf16_cpu else "fp32"
 
 
 def resolve_quantize(quantize: str, device: torch.device, dtype: torch.dtype, engines=None) -> str:
