@@ -354,8 +354,8 @@ class IndexReader:
         return [cat[bounds[i]: bounds[i + 1]] for i in range(len(parts))]
 
     def read_padded(self, rows, out) -> np.ndarray:
-        """Decoded states of `rows` written into out[i, :T_i] (a float32 or bfloat16 torch tensor
-        [B, >= max T_i, D]; the rest of each row zeroed) without intermediate copies where the codec allows
+        """Decoded states of `rows` written into out[i, :T_i] (a float32 torch tensor [B, >= max
+        T_i, D]; the rest of each row zeroed) without intermediate copies where the codec allows
         it (fp16 / fp32: one converting copy from the memory-mapped chunks, by torch, whose
         float16 conversion is vectorised) -> lengths int64 [B]."""
         import warnings
