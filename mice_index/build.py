@@ -176,8 +176,8 @@ class _Builder:
     def encoder_config(self) -> EncoderConfig:
         c = self.cfg
         return EncoderConfig(max_doc_length=self.max_len, batch_tokens=c.batch_tokens, window_docs=c.window_docs,
-                             window_tokens=c.window_tokens, device=c.device, dtype=self.settings["dtype"],
-                             prune=c.prune)
+                             window_tokens=c.window_tokens, device=c.device, dtype=c.dtype,  # resolved by
+                             prune=c.prune)  # the encoder for its own device (a Ray worker's may differ)
 
     @property
     def model_name(self) -> str:
