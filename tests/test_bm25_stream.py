@@ -111,6 +111,7 @@ def test_larger_random_corpus_many_batches(tmp_path) -> None:
     assert_same_search(oracle, BM25Index.load(tmp_path / "stream"), ["w0x", "w1x w2x", "w3x w399x w17x"])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # bm25s: 0/0 length
 def test_only_stopwords_and_empty_documents(tmp_path) -> None:
     texts = ["the of and", "", "a an the"]
     oracle = bm25s_oracle(texts, BM25Config(), tmp_path / "oracle")

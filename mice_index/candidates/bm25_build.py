@@ -18,7 +18,8 @@ by a batch and a bucket, not by the corpus:
 
 Memory: O(batch_tokens + bucket_postings) plus vocabulary-sized arrays (about 32 bytes per term,
 next to the tokenizer's own word dicts); the vocabulary grows sublinearly with the corpus (Heaps'
-law). Nothing per document or per posting stays in memory. Disk, in ``tmp_dir``: 8 bytes per
+law). Nothing per document or per posting stays in memory; a batch holds whole documents, so one
+document longer than ``batch_tokens`` makes a batch of its own. Disk, in ``tmp_dir``: 8 bytes per
 posting + 8 per document (spool) and 12 per posting (buckets), each file removed once read.
 
 Scores equal bm25s's bit for bit: each posting goes through the same elementwise float32 / float64
@@ -45,8 +46,8 @@ from mice_index.errors import IndexError_
 
 logger = logging.getLogger(__name__)
 
-BATCH_TOKENS = 1 << 18  # tokens per spool batch (pass 1 and 2 hold ~60-100 bytes per token of one batch)
-BUCKET_POSTINGS = 1 << 20  # output positions per bucket (pass 3 holds ~20 bytes per position of one bucket)
+BATCH_TOKENS = 1 << 17  # tokens per spool batch (passes 1 and 2 hold ~100 bytes per token of one batch)
+BUCKET_POSTINGS = 1 << 19  # output positions per bucket (pass 3 holds ~28 bytes per position of one bucket)
 
 # pass 2 -> 3 record: offset inside its bucket, document row, score
 _RECORD = np.dtype([("off", "<i4"), ("row", "<i4"), ("score", "<f4")])
@@ -227,11 +228,12 @@ def _write_csc(directory: Path, spool: Path, nnz: int, bucket: int, model: bm25s
             rec = np.fromfile(path, dtype=_RECORD)
             assert rec.size == min(bucket, nnz - k * bucket), f"BM25 spool: bucket {k} incomplete"
             data, rows = np.empty(rec.size, dtype=model.dtype), np.empty(rec.size, dtype=model.int_dtype)
-            data[rec["off"]] = rec["score"]
-            rows[rec["off"]] = rec["row"]
+            off = rec["off"].astype(np.intp)
+            data[off] = rec["score"]
+            rows[off] = rec["row"]
             fd.write(data.data)
             fi.write(rows.data)
-            del rec
+            del rec, off
             path.unlink()
 
 
