@@ -341,10 +341,10 @@ class _Builder:
         n = reader.num_docs
         if self.cfg.bm25 and not (self.root / L.BM25_DIR).is_dir():
             log.info("building BM25 over %d documents", n)
-            bm25 = BM25Index.build(reader.iter_texts(), num_docs=n)
             tmp = self.root / (L.TMP_PREFIX + L.BM25_DIR)
             L.remove(tmp)
-            bm25.save(tmp)
+            # streamed straight into tmp, its temporary files inside tmp: memory bounded by batches
+            BM25Index.build_into(tmp, reader.iter_texts(), num_docs=n)
             L.commit_dir(tmp, self.root / L.BM25_DIR)
         if m.get("dense") and not (self.root / L.DENSE_DIR).is_dir():
             builder = DenseIndexBuilder(m["dense"]["dim"], DenseConfig(kind=self.cfg.dense_kind))

@@ -2,7 +2,8 @@
 
 Tokenisation is bm25s's own ``Tokenizer`` (scikit-learn style ``\\b\\w\\w+\\b`` split, lower-case,
 stopword removal, optional Snowball stemming), fed as a stream so the raw texts are never held in
-memory; bm25s itself needs the tokenised corpus (token ids) to build its sparse score matrix.
+memory; the score matrix is bm25s's, written with bounded memory by ``bm25_build`` (bm25s itself
+needs the whole tokenised corpus in memory), then loaded with ``bm25s.BM25.load``.
 
 Only documents sharing at least one term with the query are returned (like Lucene): the rest of
 the row is padding, and a query with no known term (e.g. only stopwords) gives an all-padding row.
@@ -11,6 +12,7 @@ the row is padding, and a query with no known term (e.g. only stopwords) gives a
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 import Stemmer
 
 from mice_index.candidates.base import Candidates, check_k, read_meta, topk_rows, write_meta
+from mice_index.candidates.bm25_build import BATCH_TOKENS, BUCKET_POSTINGS, write_index
 from mice_index.errors import IndexError_, SearchError
 
 logger = logging.getLogger(__name__)
@@ -69,25 +72,42 @@ class BM25Index:
         num_docs: int | None = None,
         progress: bool = False,
     ) -> BM25Index:
-        """Index ``texts`` (one string per row, e.g. ``title + " " + text``), consumed lazily."""
+        """Index ``texts`` (one string per row, e.g. ``title + " " + text``), consumed lazily, into
+        memory (the arrays only: built through a temporary folder by :meth:`build_into`)."""
+        with tempfile.TemporaryDirectory(prefix="mice-bm25-") as tmp:
+            cls.build_into(tmp, texts, config, num_docs=num_docs, progress=progress)
+            return cls.load(tmp, mmap=False)
+
+    @classmethod
+    def build_into(
+        cls,
+        directory: str | Path,
+        texts: Iterable[str],
+        config: BM25Config = BM25Config(),
+        num_docs: int | None = None,
+        progress: bool = False,
+        tmp_dir: str | Path | None = None,
+        batch_tokens: int = BATCH_TOKENS,
+        bucket_postings: int = BUCKET_POSTINGS,
+    ) -> None:
+        """Index ``texts`` straight into ``directory`` (what :meth:`save` writes, :meth:`load` reads)
+        with memory bounded by ``batch_tokens`` / ``bucket_postings`` and the vocabulary, not by the
+        corpus (see :mod:`mice_index.candidates.bm25_build`); the scores equal bm25s's in-memory
+        ``BM25.index``. Temporary files go to ``tmp_dir`` (default: ``directory``) and are removed.
+        IndexError_ for an empty corpus or a document count other than ``num_docs``; the folder is
+        then left incomplete (callers build into a temporary folder and rename it)."""
+        directory = Path(directory)
         tokenizer = _tokenizer(config)
         stream = tokenizer.streaming_tokenize(texts, update_vocab=True, allow_empty=False)
         if progress:
             from rich.progress import track
 
             stream = track(stream, total=num_docs, description="BM25 tokenise")
-        corpus_ids = [np.asarray(ids, dtype=np.int32) for ids in stream]
-        if not corpus_ids:
-            raise IndexError_("BM25: cannot index an empty corpus")
-        if num_docs is not None and num_docs != len(corpus_ids):
-            raise IndexError_(f"BM25: expected {num_docs} documents, got {len(corpus_ids)}")
-        vocab = tokenizer.get_vocab_dict()
-        if not vocab:  # every document empty / only stopwords: keep one dummy term so bm25s works
-            vocab = {"": 0}
         model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
-        model.index((corpus_ids, vocab), show_progress=progress, create_empty_token=False)
-        logger.info("BM25: indexed %d documents, %d terms", len(corpus_ids), len(vocab))
-        return cls(model, config)
+        n = write_index(directory, stream, tokenizer.get_vocab_dict(), model, num_docs=num_docs,
+                        tmp_dir=Path(tmp_dir) if tmp_dir is not None else None, batch_tokens=batch_tokens,
+                        bucket_postings=bucket_postings)
+        write_meta(directory, {"name": cls.name, "config": asdict(config), "num_docs": n})
 
     def tokenize(self, query_texts: list[str]) -> list[list[int]]:
         """Query term ids (unknown terms and stopwords dropped; may be empty)."""
