@@ -1,0 +1,105 @@
+"""Stored dense vectors as one read-only [N, D] float32 matrix over several memory-mapped parts.
+
+An index keeps its document vectors in one ``dense.npy`` per build shard. :class:`StoredVectors`
+strings those files together, in order, without loading them: the dense index builder reads them
+in fixed-size chunks (bounded memory) and the ``ivfpq`` index re-scores its candidates against
+them at search time (a few hundred rows per query, read through the page cache).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mice_index.errors import IndexError_, SearchError
+
+
+class StoredVectors:
+    """Rows 0..N-1 of ``parts`` concatenated (each part a float32 [n_i, D] array, usually an
+    ``np.memmap``); ``paths`` (one per part) when the parts are files, else None."""
+
+    def __init__(self, parts: Sequence[np.ndarray], paths: Sequence[Path] | None = None) -> None:
+        if not parts:
+            raise SearchError("stored vectors: no parts given")
+        dims = {p.shape[1] if p.ndim == 2 else None for p in parts}
+        if len(dims) != 1 or None in dims:
+            raise SearchError(f"stored vectors: every part must be a [n, D] matrix of one D, got shapes "
+                              f"{sorted({p.shape for p in parts})}")
+        if any(p.dtype != np.float32 for p in parts):
+            raise SearchError("stored vectors: parts must be float32")
+        self._parts = list(parts)
+        self.paths = [Path(p) for p in paths] if paths is not None else None
+        self._starts = np.concatenate([[0], np.cumsum([p.shape[0] for p in parts])]).astype(np.int64)
+
+    @classmethod
+    def open(cls, paths: Sequence[str | os.PathLike]) -> StoredVectors:
+        """Memory-map the .npy files `paths` (read-only, in order); IndexError_ naming a file that
+        cannot be read."""
+        parts = []
+        for path in paths:
+            try:
+                parts.append(np.load(path, mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError, EOFError) as exc:
+                raise IndexError_(f"{path}: cannot read stored dense vectors ({str(exc).splitlines()[0]})") from None
+        return cls(parts, [Path(p) for p in paths])
+
+    @classmethod
+    def of(cls, vectors: np.ndarray | StoredVectors) -> StoredVectors:
+        """`vectors` itself, or a one-part view of an in-memory / memory-mapped [N, D] matrix."""
+        if isinstance(vectors, StoredVectors):
+            return vectors
+        x = np.asarray(vectors) if not isinstance(vectors, np.memmap) else vectors
+        if x.ndim != 2:
+            raise SearchError(f"dense embeddings: expected a [N, D] matrix, got shape {x.shape}")
+        return cls([x if x.dtype == np.float32 else x.astype(np.float32)])
+
+    @property
+    def num_docs(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def dim(self) -> int:
+        return int(self._parts[0].shape[1])
+
+    @property
+    def part_rows(self) -> list[int]:
+        return [int(p.shape[0]) for p in self._parts]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), D] copy of `rows` (any order, repeats allowed; all in 0..N-1)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        if not rows.size:
+            return out
+        if len(self._parts) == 1:
+            out[:] = self._parts[0][rows]
+            return out
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        part = np.searchsorted(self._starts, srt, side="right") - 1
+        bounds = np.flatnonzero(np.diff(part)) + 1
+        for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [srt.size]])):
+            p = int(part[lo])
+            out[order[lo:hi]] = self._parts[p][srt[lo:hi] - self._starts[p]]
+        return out
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """Consecutive C-contiguous float32 [size, D] blocks (the last one: the rest), crossing part
+        boundaries: a view of a part where one part holds the block, else a copy (memory: ~1 block)."""
+        pending: list[np.ndarray] = []
+        have = 0
+        for part in self._parts:
+            start = 0
+            while start < part.shape[0]:
+                piece = part[start : start + size - have]
+                pending.append(piece)
+                have += piece.shape[0]
+                start += piece.shape[0]
+                if have == size:
+                    yield np.ascontiguousarray(np.concatenate(pending) if len(pending) > 1 else pending[0])
+                    pending, have = [], 0
+        if have:
+            yield np.ascontiguousarray(np.concatenate(pending) if len(pending) > 1 else pending[0])
