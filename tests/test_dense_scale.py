@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mice_index.build import BuildConfig, _Builder
 from mice_index.candidates import DenseConfig, DenseIndex, DenseIndexBuilder, StoredVectors
 from mice_index.candidates import dense as dense_mod
+from mice_index.candidates import vectors as vectors_mod
 from mice_index.cli import app, main
 from mice_index.codec import make_codec
 from mice_index.encoder import EncodedWindow
@@ -172,12 +173,17 @@ def test_ivfpq_build_reads_bounded_pieces_of_memory_mapped_parts(tmp_path, monke
     assert _SpyVectors.largest == 700 < len(x)  # never all N vectors at once
     _SpyVectors.taken = []
     measured = index.recall_vs_flat(spy, num_queries=50)  # the exact scan reads chunks too
-    # the 50 queries, then per query the k * refine_factor candidates to re-score
-    assert _SpyVectors.largest == 700 and _SpyVectors.taken == [50] + [400] * 50
+    # the 50 queries; the re-scoring reads go through fresh maps of the same files, per batch
+    assert _SpyVectors.largest == 700 and _SpyVectors.taken == [50]
     assert measured["recall_at_100"] >= 0.85, measured
-    # the chunks cross part boundaries and cover every row once, in order
-    np.testing.assert_array_equal(np.concatenate(list(opened.chunks(256))), x)
+    # the chunks cross part boundaries, cover every row once, in order, and are read into fresh
+    # buffers (not views of the map, whose touched pages would stay in the process's RSS)
+    chunks = list(opened.chunks(256))
+    assert not any(isinstance(c, np.memmap) or c.base is not None and isinstance(c.base, np.memmap) for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), x)
     rows = np.array([2999, 0, 1100, 1099, 5, 5])
+    np.testing.assert_array_equal(opened.take(rows), x[rows])
+    monkeypatch.setattr(vectors_mod, "BULK_ROWS", 3)  # the same rows through the sequential path
     np.testing.assert_array_equal(opened.take(rows), x[rows])
 
 
