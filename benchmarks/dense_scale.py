@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="faiss threads while building")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--real", nargs="*", default=[], help="also: real dense.npy files (e.g. built indexes' shards); "
+                    "builds each --kinds over them and reports the build-time (in-distribution) recall@100")
     ap.add_argument("--child", choices=["build", "search"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--vectors", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--index", default=None, help=argparse.SUPPRESS)
@@ -185,6 +187,19 @@ def main() -> None:
     from mice_index.candidates import DenseConfig
 
     results = []
+    if args.real:
+        folder = args.workdir / "real"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for i, path in enumerate(args.real):
+            (folder / f"{i:05d}.npy").symlink_to(Path(path).resolve())
+        n = sum(np.load(p, mmap_mode="r").shape[0] for p in args.real)
+        for kind in args.kinds:
+            row = {"docs": n, "kind": kind, "vectors": "real", "files": args.real}
+            row.update(_child("--child", "build", "--vectors", str(folder), "--index",
+                              str(args.workdir / f"dense-real-{kind}"), "--kind", kind, "--threads", str(args.threads)))
+            results.append(row)
+            print(json.dumps(row), flush=True)
     for n in args.sizes:
         t = time.perf_counter()
         folder = args.workdir / f"vectors-{n}"

@@ -77,6 +77,8 @@ def test_bad_values_are_errors() -> None:
     for field in ("nprobe", "refine_factor", "pq_m", "train_max_rows"):
         with pytest.raises(SearchError, match=field):
             DenseConfig(kind="ivfpq", **{field: 0})
+    with pytest.raises(SearchError, match="ivfpq needs at least 256 documents, got 255"):
+        DenseIndex.build(_clustered(255), DenseConfig(kind="ivfpq"))
     with pytest.raises(SearchError, match="pq_m=5 does not divide"):
         DenseConfig(kind="ivfpq", pq_m=5).resolved(1000, DIM)
     with pytest.raises(MiceIndexError, match="nprobe"):

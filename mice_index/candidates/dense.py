@@ -49,6 +49,7 @@ ADD_CHUNK = 16384  # rows per read / faiss add (24 MiB at D=384)
 AUTO_FLAT_MAX_DOCS = 50_000
 TRAIN_MAX_ROWS = 65_536  # ivfpq training sample cap: 96 MiB of float32 at D=384, whatever N is
 IVFPQ_NPROBE = 32
+IVFPQ_MIN_DOCS = 256  # below this, PQ training has too few points (and flat costs nothing)
 RECALL_QUERIES = 200
 # IO_FLAG_MMAP_IFC maps the codes of IndexFlatCodes (flat, and the HNSW storage);
 # IO_FLAG_MMAP maps IVF inverted lists. The two cannot be combined for IVF.
@@ -97,6 +98,9 @@ class DenseConfig:
             return replace(self, kind=kind, ivf_nlist=min(self.ivf_nlist or auto_nlist(num_docs), num_docs),
                            nprobe=self.nprobe or 16)
         if kind == "ivfpq":
+            if num_docs < IVFPQ_MIN_DOCS:
+                raise SearchError(f"dense kind ivfpq needs at least {IVFPQ_MIN_DOCS} documents, got {num_docs}; "
+                                  "use flat (exact, and fast at this size) or auto")
             sample = min(num_docs, self.train_max_rows)
             nlist = min(self.ivf_nlist or min(auto_nlist(num_docs), max(1, sample // 39)), sample)
             pq_m = self.pq_m or _default_pq_m(dim)
