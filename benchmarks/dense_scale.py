@@ -102,7 +102,8 @@ def child_build(args) -> dict:
     _reset_peak()
     t = time.perf_counter()
     vectors = StoredVectors.open(paths)
-    DenseIndex.build(vectors, DenseConfig(kind=args.kind)).save(out)
+    extra = {"train_max_rows": args.train_max_rows} if args.train_max_rows else {}
+    DenseIndex.build(vectors, DenseConfig(kind=args.kind, **extra)).save(out)
     build_s = time.perf_counter() - t
     build_peak = _status_mib("VmHWM")
     t = time.perf_counter()
@@ -172,6 +173,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mice-dense-scale"))
     ap.add_argument("--threads", type=int, default=2, help="faiss threads while building")
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--train-max-rows", type=int, default=None, help="ivfpq training sample cap (default: the library's)")
+    ap.add_argument("--tag", default="", help="suffix of the index folders (to keep variants apart)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--real", nargs="*", default=[], help="also: real dense.npy files (e.g. built indexes' shards); "
                     "builds each --kinds over them and reports the build-time (in-distribution) recall@100")
@@ -207,10 +210,11 @@ def main() -> None:
         gen_s = round(time.perf_counter() - t, 1)
         auto = DenseConfig(kind="auto").resolved(n, DIM).kind
         for kind in args.kinds:
-            index = args.workdir / f"dense-{n}-{kind}"
+            index = args.workdir / f"dense-{n}-{kind}{args.tag}"
             row = {"docs": n, "kind": kind, "auto_picks": auto, "generate_s": gen_s}
+            more = ["--train-max-rows", str(args.train_max_rows)] if args.train_max_rows else []
             row.update(_child("--child", "build", "--vectors", str(folder), "--index", str(index), "--kind", kind,
-                              "--threads", str(args.threads)))
+                              "--threads", str(args.threads), *more))
             row.update(_child("--child", "search", "--vectors", str(folder), "--index", str(index),
                               "--queries", str(args.queries)))
             results.append(row)

@@ -305,6 +305,8 @@ class DenseIndex:
         from faiss.contrib.exhaustive_search import knn_ground_truth
 
         source = StoredVectors.of(vectors)
+        if source.paths is not None and source.mmap:  # read, do not map: see candidates/vectors.py
+            source = StoredVectors.open(source.paths, mmap=False)
         k = min(k, self.num_docs)
         base = {"k": k, "query_source": "stored document vectors (in-distribution)"}
         if self.config.kind == "flat":
@@ -316,19 +318,17 @@ class DenseIndex:
         rows = np.sort(rng.choice(self.num_docs, size=min(num_queries, self.num_docs), replace=False))
         xq = source.take(rows)
         _, exact = knn_ground_truth(xq, source.chunks(ADD_CHUNK), k, metric_type=faiss.METRIC_INNER_PRODUCT)
-        approx = np.concatenate([self._searcher_for_batch().search(xq[i : i + 25], k).rows
-                                 for i in range(0, len(xq), 25)])
+        approx = self._unmapped().search(xq, k).rows
         hits = [np.intersect1d(a[a != PAD_ROW], e[e >= 0]).size for a, e in zip(approx, exact)]
         return {"recall_at_100": round(float(np.mean(hits)) / k, 4), "queries": int(rows.size), **base,
                 "exact": False}
 
-    def _searcher_for_batch(self) -> DenseIndex:
-        """This index with its file-backed stored vectors mapped afresh: the pages a batch of
-        re-scoring touches leave the resident set when the batch's maps are dropped (a recall
-        measurement over 1M vectors would otherwise keep up to Q * k * refine_factor rows' pages)."""
-        if self.vectors is None or self.vectors.paths is None:
+    def _unmapped(self) -> DenseIndex:
+        """This index re-scoring with file reads instead of the map (Q * k * refine_factor rows
+        read through a map would stay in the build's resident set; candidates/vectors.py)."""
+        if self.vectors is None or self.vectors.paths is None or not self.vectors.mmap:
             return self
-        return DenseIndex(self.index, self.config, StoredVectors.open(self.vectors.paths))
+        return DenseIndex(self.index, self.config, StoredVectors.open(self.vectors.paths, mmap=False))
 
     def describe(self) -> dict[str, Any]:
         """The kind and the parameters it uses (for manifests and `mice-index info`)."""
@@ -370,8 +370,9 @@ class DenseIndex:
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True, vectors: StoredVectors | None = None) -> DenseIndex:
-        """Open a saved index. ``ivfpq`` also memory-maps its stored vectors (the files its
-        metadata names, unless `vectors` is given). IndexError_ naming a missing or bad file."""
+        """Open a saved index, memory-mapped unless `mmap` is False. ``ivfpq`` also opens its
+        stored vectors (the files its metadata names, unless `vectors` is given; with `mmap`
+        False it reads their rows with file reads). IndexError_ naming a missing or bad file."""
         directory = Path(directory)
         meta = read_meta(directory, cls.name)
         config = DenseConfig(**meta["config"])
@@ -387,7 +388,8 @@ class DenseIndex:
                               f"{meta['num_docs']}x{meta['dim']}")
         if config.kind == "ivfpq" and vectors is None:
             spec = meta.get("vectors") or {}
-            vectors = StoredVectors.open([directory / f for f in spec.get("files", [])]) if spec.get("files") else None
+            files = [directory / f for f in spec.get("files", [])]
+            vectors = StoredVectors.open(files, mmap=mmap) if files else None
             if vectors is None or vectors.part_rows != spec.get("rows") or vectors.dim != meta["dim"]:
                 raise IndexError_(f"{directory}: the stored vectors of the dense ivfpq index do not match its "
                                   f"metadata ({len(spec.get('files', []))} files, rows {spec.get('rows')})")

@@ -7,8 +7,11 @@ them at search time (a few hundred rows per query, read through the page cache).
 
 Bulk reads (``chunks``, ``take`` of many rows) of file-backed parts use plain reads into a fresh
 buffer rather than the memory map: pages touched through a map stay in the process's resident
-set (counted by its peak RSS) until unmapped, so one pass over 1M x 384 vectors through the map
-would add 1.5 GB to the build's RSS; read, they only pass through the page cache.
+set (counted by its peak RSS) until unmapped, and the kernel maps whole folios around each touched
+row (measured: 50 rows of a 150 MB set added 83 MB of RSS), so one pass over 1M x 384 vectors
+through the map would add 1.5 GB to the build's RSS; read, they only pass through the page cache.
+``open(paths, mmap=False)`` reads every row that way (``take``: one ``readinto`` per run of
+consecutive rows), for builds; searches use the map (faster per row; its RSS is file-backed).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class StoredVectors:
     """Rows 0..N-1 of ``parts`` concatenated (each part a float32 [n_i, D] array, usually an
     ``np.memmap``); ``paths`` (one per part) when the parts are files, else None."""
 
-    def __init__(self, parts: Sequence[np.ndarray], paths: Sequence[Path] | None = None) -> None:
+    def __init__(self, parts: Sequence[np.ndarray], paths: Sequence[Path] | None = None, mmap: bool = True) -> None:
         if not parts:
             raise SearchError("stored vectors: no parts given")
         dims = {p.shape[1] if p.ndim == 2 else None for p in parts}
@@ -40,22 +43,24 @@ class StoredVectors:
             raise SearchError("stored vectors: parts must be float32")
         self._parts = list(parts)
         self.paths = [Path(p) for p in paths] if paths is not None else None
+        self.mmap = mmap  # False: take() reads rows with file reads instead of through the map
         # (file, byte offset of row 0) of C-ordered memory-mapped parts, read with np.fromfile in bulk
         self._files = [(p.filename, p.offset) if isinstance(p, np.memmap) and p.filename and p.flags.c_contiguous
                        else None for p in self._parts]
         self._starts = np.concatenate([[0], np.cumsum([p.shape[0] for p in parts])]).astype(np.int64)
 
     @classmethod
-    def open(cls, paths: Sequence[str | os.PathLike]) -> StoredVectors:
-        """Memory-map the .npy files `paths` (read-only, in order); IndexError_ naming a file that
-        cannot be read."""
+    def open(cls, paths: Sequence[str | os.PathLike], mmap: bool = True) -> StoredVectors:
+        """Memory-map the .npy files `paths` (read-only, in order; only their headers are read
+        here); with `mmap` False, rows are then read with file reads (see the module docstring).
+        IndexError_ naming a file that cannot be read."""
         parts = []
         for path in paths:
             try:
                 parts.append(np.load(path, mmap_mode="r", allow_pickle=False))
             except (OSError, ValueError, EOFError) as exc:
                 raise IndexError_(f"{path}: cannot read stored dense vectors ({str(exc).splitlines()[0]})") from None
-        return cls(parts, [Path(p) for p in paths])
+        return cls(parts, [Path(p) for p in paths], mmap=mmap)
 
     @classmethod
     def of(cls, vectors: np.ndarray | StoredVectors) -> StoredVectors:
@@ -95,7 +100,7 @@ class StoredVectors:
                 out[order[lo:hi]] = chunk[srt[lo:hi] - start]
                 start += chunk.shape[0]
             return out
-        if len(self._parts) == 1:
+        if len(self._parts) == 1 and (self.mmap or self._files[0] is None):
             out[:] = self._parts[0][rows]
             return out
         order = np.argsort(rows, kind="stable")
@@ -104,8 +109,27 @@ class StoredVectors:
         bounds = np.flatnonzero(np.diff(part)) + 1
         for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [srt.size]])):
             p = int(part[lo])
-            out[order[lo:hi]] = self._parts[p][srt[lo:hi] - self._starts[p]]
+            local = srt[lo:hi] - self._starts[p]
+            if self.mmap or self._files[p] is None:
+                out[order[lo:hi]] = self._parts[p][local]
+            else:
+                out[order[lo:hi]] = self._read_rows(self._files[p], local)
         return out
+
+    def _read_rows(self, file: tuple[str, int], local: np.ndarray) -> np.ndarray:
+        """Rows `local` (sorted) of one file, one read per run of consecutive rows."""
+        buf = np.empty((local.size, self.dim), dtype=np.float32)
+        row_bytes = self.dim * 4
+        cuts = np.flatnonzero(np.diff(local) != 1) + 1
+        try:
+            with open(file[0], "rb", buffering=0) as fh:
+                for i, j in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [local.size]])):
+                    fh.seek(file[1] + int(local[i]) * row_bytes)
+                    if fh.readinto(memoryview(buf[i:j]).cast("B")) != (j - i) * row_bytes:
+                        raise IndexError_(f"{file[0]}: stored dense vectors are truncated (changed while in use?)")
+        except OSError as exc:
+            raise IndexError_(f"{file[0]}: cannot read stored dense vectors ({exc})") from None
+        return buf
 
     def chunks(self, size: int) -> Iterator[np.ndarray]:
         """Consecutive C-contiguous float32 [size, D] blocks (the last one: the rest), crossing part
