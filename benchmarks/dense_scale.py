@@ -158,6 +158,31 @@ def child_search(args) -> dict:
     return out
 
 
+def flat_timing(sizes: list[int], queries: int = 50) -> list[dict]:
+    """p50 ms of one k=100 query on IndexFlatIP over N random unit vectors, 1 and 2 faiss threads
+    (what `auto`'s flat threshold is chosen from)."""
+    import faiss
+
+    x = np.random.default_rng(0).normal(size=(max(sizes), DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out = []
+    for n in sizes:
+        index = faiss.IndexFlatIP(DIM)
+        index.add(x[:n])
+        row = {"docs": n}
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            ms = []
+            for q in x[:queries]:
+                t = time.perf_counter()
+                index.search(q[None], K)
+                ms.append(1000 * (time.perf_counter() - t))
+            row[f"p50_ms_threads{threads}"] = round(float(np.median(ms)), 2)
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
 def _child(*argv: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True)
@@ -176,6 +201,8 @@ def main() -> None:
     ap.add_argument("--train-max-rows", type=int, default=None, help="ivfpq training sample cap (default: the library's)")
     ap.add_argument("--tag", default="", help="suffix of the index folders (to keep variants apart)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--flat-timing", type=int, nargs="*", default=None, metavar="N",
+                    help="only time flat search at these sizes (random vectors, 50 queries) and exit")
     ap.add_argument("--real", nargs="*", default=[], help="also: real dense.npy files (e.g. built indexes' shards); "
                     "builds each --kinds over them and reports the build-time (in-distribution) recall@100")
     ap.add_argument("--child", choices=["build", "search"], default=None, help=argparse.SUPPRESS)
@@ -189,6 +216,12 @@ def main() -> None:
         return
     from mice_index.candidates import DenseConfig
 
+    if args.flat_timing:
+        rows = flat_timing(args.flat_timing)
+        if args.out:
+            args.out.write_text(json.dumps({"command": " ".join(sys.argv), "load_avg": os.getloadavg(),
+                                            "flat_timing": rows}, indent=2))
+        return
     results = []
     if args.real:
         folder = args.workdir / "real"
@@ -203,6 +236,8 @@ def main() -> None:
                               str(args.workdir / f"dense-real-{kind}"), "--kind", kind, "--threads", str(args.threads)))
             results.append(row)
             print(json.dumps(row), flush=True)
+            if args.out:
+                args.out.write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2))
     for n in args.sizes:
         t = time.perf_counter()
         folder = args.workdir / f"vectors-{n}"
