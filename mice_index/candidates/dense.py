@@ -45,7 +45,7 @@ INDEX_FILE = "dense.faiss"
 VECTORS_FILE = "vectors.npy"  # ivfpq built from an in-memory matrix: its own copy of the vectors
 ADD_CHUNK = 16384  # rows per read / faiss add (24 MiB at D=384)
 # auto: flat up to this many documents. Flat costs ~0.065 ms per 1,000 documents per query on one
-# core (3 ms at 50k, 65 ms at 1M; BENCHMARKS.md "Dense index at scale"); ivfpq stays ~1 ms.
+# core (3 ms at 50k, 65 ms at 1M; BENCHMARKS.md "Dense index at scale"); ivfpq: 0.3-1.6 ms.
 AUTO_FLAT_MAX_DOCS = 50_000
 TRAIN_MAX_ROWS = 65_536  # ivfpq training sample cap: 96 MiB of float32 at D=384, whatever N is
 IVFPQ_NPROBE = 32
