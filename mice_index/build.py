@@ -352,7 +352,7 @@ class _Builder:
             BM25Index.build_into(tmp, reader.iter_texts(), num_docs=n)
             L.commit_dir(tmp, self.root / L.BM25_DIR)
         dense_index = None
-        if m.get("dense"):  # memory-mapped per-shard vectors: read in chunks, never all in memory
+        if m.get("dense"):  # the shards' vectors, read in chunks (file reads, not the map): never all in memory
             vectors = StoredVectors.open([s.dir / L.DENSE for s in reader._shards], mmap=False)
             if not (self.root / L.DENSE_DIR).is_dir():
                 tmp = self.root / (L.TMP_PREFIX + L.DENSE_DIR)
