@@ -146,6 +146,10 @@ def child_search(args) -> dict:
                 "recall_at_100_heldout": round(float(np.mean(hits)), 4)}
 
     out = {f"threads{t}": timed(index, t) for t in (1, 2)}
+    out["rss_after_mapped_mib"] = round(_status_mib("VmRSS"), 1)  # incl. the map's pages of rows read
+    out["rss_file_after_mapped_mib"] = round(_status_mib("RssFile"), 1)
+    if index.config.kind == "ivfpq":  # the same index re-scoring with file reads instead of the map
+        out["threads1_file_reads"] = timed(DenseIndex.load(args.index, mmap=False), 1)
     if index.config.kind == "ivfpq":
         sweep = []
         for nprobe in (16, 32, 64):
