@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 import mice_index
-from mice_index.candidates import BM25Index, DenseConfig, DenseIndexBuilder
+from mice_index.candidates import BM25Index, DenseConfig, DenseIndex, StoredVectors
 from mice_index.codec import Codec, make_codec, resolve_codec_name
 from mice_index.encoder import DocumentEncoder, EncoderConfig, resolve_device, resolve_dtype
 from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
@@ -56,7 +56,8 @@ class BuildConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA / AMX CPUs, else fp32
     dense: DenseMode = "auto"  # auto: dense vectors from the backbone (same pass when possible)
-    dense_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    dense_kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = "auto"  # auto: flat up to 50k docs, else ivfpq
+    dense_nprobe: int | None = None  # ivf / ivfpq lists probed per query (None: the kind's default)
     # document-token pruning after the bottom (mice_index/prune.py): "none" stores every token's
     # state (the paper's form); "stopwords" drops punctuation and stopword states
     prune: str = "none"
@@ -76,6 +77,10 @@ class BuildConfig:
             raise MiceIndexError(f"dense must be 'auto' or 'none', got {self.dense!r}")
         if self.prune not in PRUNE_RULES:
             raise MiceIndexError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
+        self.dense_config()  # unknown --dense-kind, --dense-nprobe < 1 -> one-line error before any work
+
+    def dense_config(self) -> DenseConfig:
+        return DenseConfig(kind=self.dense_kind, nprobe=self.dense_nprobe)
 
 
 @dataclass(frozen=True)
@@ -346,17 +351,22 @@ class _Builder:
             # streamed straight into tmp, its temporary files inside tmp: memory bounded by batches
             BM25Index.build_into(tmp, reader.iter_texts(), num_docs=n)
             L.commit_dir(tmp, self.root / L.BM25_DIR)
-        if m.get("dense") and not (self.root / L.DENSE_DIR).is_dir():
-            builder = DenseIndexBuilder(m["dense"]["dim"], DenseConfig(kind=self.cfg.dense_kind))
-            for s in reader._shards:
-                builder.add(np.load(s.dir / L.DENSE, mmap_mode="r"))
-            tmp = self.root / (L.TMP_PREFIX + L.DENSE_DIR)
-            L.remove(tmp)
-            builder.finish().save(tmp)
-            L.commit_dir(tmp, self.root / L.DENSE_DIR)
+        dense_index = None
+        if m.get("dense"):  # the shards' vectors, read in chunks (file reads, not the map): never all in memory
+            vectors = StoredVectors.open([s.dir / L.DENSE for s in reader._shards], mmap=False)
+            if not (self.root / L.DENSE_DIR).is_dir():
+                tmp = self.root / (L.TMP_PREFIX + L.DENSE_DIR)
+                L.remove(tmp)
+                DenseIndex.build(vectors, self.cfg.dense_config()).save(tmp)
+                L.commit_dir(tmp, self.root / L.DENSE_DIR)
+            built = DenseIndex.load(self.root / L.DENSE_DIR)  # what searches will open
+            dense_index = {**built.describe(), **built.recall_vs_flat(vectors)}
+            log.info("dense index %s: recall@100 vs flat %.4f", dense_index["kind"], dense_index["recall_at_100"])
         m["candidates"] = {"bm25": L.BM25_DIR if self.cfg.bm25 else None,
                            "dense": L.DENSE_DIR if m.get("dense") else None,
                            "dense_kind": self.cfg.dense_kind if m.get("dense") else None,
+                           "dense_nprobe": self.cfg.dense_nprobe if m.get("dense") else None,
+                           "dense_index": dense_index,  # resolved kind, parameters, recall@100 vs flat
                            # checked when a searcher opens them (crc32c: ~10 GB/s)
                            "files": {k: v for name in (L.BM25_DIR, L.DENSE_DIR) if (self.root / name).is_dir()
                                      for k, v in L.crc32c_table(self.root, name).items()}}

@@ -8,6 +8,7 @@ from mice_index.candidates.base import CandidateGenerator, Candidates
 from mice_index.candidates.bm25 import BM25Config, BM25Index
 from mice_index.candidates.dense import DenseConfig, DenseIndex, DenseIndexBuilder
 from mice_index.candidates.hybrid import HybridConfig, fuse, interpolate
+from mice_index.candidates.vectors import StoredVectors
 
 __all__ = [
     "BM25Config",
@@ -18,6 +19,7 @@ __all__ = [
     "DenseIndex",
     "DenseIndexBuilder",
     "HybridConfig",
+    "StoredVectors",
     "fuse",
     "interpolate",
 ]

@@ -161,7 +161,7 @@ def _build(ray, b: _Builder, config: BuildConfig, ray_address, num_workers, prog
         if started:
             ray.shutdown()
     finalize(root, m, {int(e["name"]): e for e in m["shards"]}, num_docs, S, config.bm25, config.dense_kind,
-             m["settings"]["codec"])
+             m["settings"]["codec"], dense_nprobe=config.dense_nprobe)
     return encoded
 
 

@@ -166,7 +166,8 @@ def write_manifest(root: Path, m: dict[str, Any]) -> None:
 
 
 def finalize(root: Path, m: dict[str, Any], entries: dict[int, dict[str, Any]], num_docs: int,
-             shard_docs: int, bm25: bool, dense_kind: str, codec_name: str) -> dict[str, Any]:
+             shard_docs: int, bm25: bool, dense_kind: str, codec_name: str,
+             dense_nprobe: int | None = None) -> dict[str, Any]:
     """All shards of a `num_docs`-document corpus committed -> verify their checksums, build the
     candidate indexes, write the manifest with complete=true (the single-process build's last step)."""
     from mice_index.build import BuildConfig, _Builder
@@ -187,7 +188,8 @@ def finalize(root: Path, m: dict[str, Any], entries: dict[int, dict[str, Any]], 
                           f"the corpus has {num_docs}")
     verify_shards(root, m, deep=True)
     write_manifest(root, m)
-    cfg = BuildConfig(codec=codec_name, bm25=bm25, dense_kind=dense_kind, shard_docs=shard_docs)
+    cfg = BuildConfig(codec=codec_name, bm25=bm25, dense_kind=dense_kind, dense_nprobe=dense_nprobe,
+                      shard_docs=shard_docs)
     _Builder.build_candidates(SimpleNamespace(root=root, cfg=cfg), m)
     m["complete"] = True
     write_manifest(root, m)

@@ -179,7 +179,8 @@ def _build_slice(b: _Builder, encoder: DocumentEncoder, dense: dict[str, Any] | 
         if progress:
             progress(len(docs))
     marker = {"slice_id": slice_id, "num_slices": num_slices, "num_docs": num_docs, "shard_docs": S,
-              "shards": mine, "bm25": config.bm25, "dense_kind": config.dense_kind}
+              "shards": mine, "bm25": config.bm25, "dense_kind": config.dense_kind,
+              "dense_nprobe": config.dense_nprobe}
     sdir = root / SLICES_DIR
     sdir.mkdir(exist_ok=True)
     L.write_json_atomic(sdir / _marker_name(slice_id, num_slices), marker)
@@ -219,14 +220,14 @@ def _merge(root: Path) -> dict[str, Any]:
         raise IndexError_(f"{root}: slice(s) {', '.join(map(str, missing))} of {num_slices} have not finished; "
                           "run them (--shard-id ...) and merge again")
     first = markers[0]
-    for key in ("num_docs", "shard_docs", "bm25", "dense_kind"):
-        if any(mk[key] != first[key] for mk in markers):
-            raise IndexError_(f"{root}: slices disagree on {key} ({sorted({str(mk[key]) for mk in markers})})")
+    for key in ("num_docs", "shard_docs", "bm25", "dense_kind", "dense_nprobe"):
+        if any(mk.get(key) != first.get(key) for mk in markers):
+            raise IndexError_(f"{root}: slices disagree on {key} ({sorted({str(mk.get(key)) for mk in markers})})")
     S = first["shard_docs"]
     if S != m["settings"]["shard_docs"]:
         raise IndexError_(f"{root}: slices used shard_docs {S}, the manifest says {m['settings']['shard_docs']}")
     finalize(root, m, committed_shards(root, S), first["num_docs"], S, first["bm25"], first["dense_kind"],
-             m["settings"]["codec"])
+             m["settings"]["codec"], dense_nprobe=first.get("dense_nprobe"))
     L.remove(sdir)
     for f in root.glob(f"{LOCK}-slice-*"):
         L.remove(f)  # no slice can hold one: this merge holds the index lock exclusively

@@ -126,9 +126,11 @@ def rebuild_command(root: Path) -> str | None:
     if model != "default":
         args.append(f"--model {model}")
     args += [f"{flag} {settings[k]}" for k, flag, default in _OPTIONS if k in settings and settings[k] != default]
-    kind = (m.get("candidates") or {}).get("dense_kind")
-    if kind and kind != "flat":
-        args.append(f"--dense-kind {kind}")
+    cands = m.get("candidates") or {}
+    if cands.get("dense_kind") and cands["dense_kind"] != "auto":  # indexes from before auto: flat, explicit
+        args.append(f"--dense-kind {cands['dense_kind']}")
+    if cands.get("dense_nprobe"):
+        args.append(f"--dense-nprobe {cands['dense_nprobe']}")
     return "mice-index build " + " ".join(args) + " --overwrite"
 
 

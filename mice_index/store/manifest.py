@@ -85,5 +85,7 @@ def index_info(path: str | Path) -> dict[str, Any]:
         "model": m["model"]["name"],
         "model_fingerprint": m["model"]["fingerprint"], "dense": m.get("dense"),
         "candidates": {k: (root / k).is_dir() for k in (L.BM25_DIR, L.DENSE_DIR)},
+        # kind, parameters and recall@100 vs flat measured at build time (None before they were recorded)
+        "dense_index": (m.get("candidates") or {}).get("dense_index"),
         "disk_bytes": L.dir_bytes(root), "library_version": m.get("library_version"),
     }
