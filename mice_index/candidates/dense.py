@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -226,6 +227,25 @@ def _build_empty(cfg: DenseConfig, dim: int) -> faiss.Index:
     return index
 
 
+FEW_QUERIES = 8  # below this many queries a search runs on one OpenMP thread
+
+
+@contextmanager
+def _threads(n: int | None):
+    """faiss's OpenMP threads set to `n` for the block (None: unchanged). A few queries gain
+    nothing from threads and lose a lot to their start-up on busy cores (one flat query over 1M
+    vectors: 70 ms on 1 thread, 127 ms on 2, BENCHMARKS.md, Dense index at scale)."""
+    before = faiss.omp_get_max_threads()
+    if n is None or n == before:
+        yield
+        return
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 class DenseIndex:
     """Faiss inner-product index over corpus rows 0..N-1; search() takes query embeddings.
 
@@ -271,9 +291,10 @@ class DenseIndex:
         k = check_k(k, self.num_docs)
         if self.config.kind == "hnsw":
             self.index.hnsw.efSearch = max(self.config.hnsw_ef_search, k)
-        if self.config.kind == "ivfpq":
-            return self._search_refined(queries, k)
-        scores, rows = self.index.search(queries, k)
+        with _threads(1 if queries.shape[0] < FEW_QUERIES else None):
+            if self.config.kind == "ivfpq":
+                return self._search_refined(queries, k)
+            scores, rows = self.index.search(queries, k)
         rows = rows.astype(np.int64, copy=False)
         scores = np.where(rows >= 0, scores, PAD_SCORE).astype(np.float32, copy=False)
         return Candidates(rows, scores)
