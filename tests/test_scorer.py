@@ -32,11 +32,12 @@ class ListReader:
 
 
 @pytest.mark.parametrize("batch_tokens", [16_384, 40, 1])
-def test_scores_match_text_path(tiny_mice, batch_tokens):
+@pytest.mark.parametrize("prefetch", [0, 2])  # read in this thread / by a reader thread
+def test_scores_match_text_path(tiny_mice, batch_tokens, prefetch):
     reader = ListReader(tiny_mice, DOCS)
     queries = ["how do bees make honey", "navigation by stars"]
     rows = [[0, 1, 2, 3, 4], [4, 0, 3]]
-    cfg = ScorerConfig(batch_tokens=batch_tokens, dtype="fp32", quantize="none")
+    cfg = ScorerConfig(batch_tokens=batch_tokens, dtype="fp32", quantize="none", prefetch=prefetch)
     got = MiceScorer(tiny_mice, reader, cfg).score(queries, rows)
     for q, r, g in zip(queries, rows, got):
         want = tiny_mice.score_texts(q, [DOCS[i] for i in r]).numpy()
@@ -50,7 +51,8 @@ def test_empty_candidate_lists(tiny_mice):
     assert scorer.score([], []) == []
 
 
-def test_reader_errors_reach_the_caller(tiny_mice):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_reader_errors_reach_the_caller(tiny_mice, prefetch):
     class Broken:
         def lengths(self, rows):
             return np.full(len(rows), 5)
@@ -58,7 +60,8 @@ def test_reader_errors_reach_the_caller(tiny_mice):
         def get_states(self, rows):
             raise OSError("shard 00003 unreadable")
 
-    scorer = MiceScorer(tiny_mice, Broken(), ScorerConfig(dtype="fp32", batch_tokens=5, quantize="none"))
+    scorer = MiceScorer(tiny_mice, Broken(), ScorerConfig(dtype="fp32", batch_tokens=5, quantize="none",
+                                                          prefetch=prefetch))
     with pytest.raises(OSError, match="00003"):
         scorer.score(["q"], [[0, 1, 2]])
 

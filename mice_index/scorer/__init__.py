@@ -47,7 +47,10 @@ class ScorerConfig:
     # interaction runs ~1.8x faster than fp32 with the same nDCG@10 (BENCHMARKS.md, Latency)
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    prefetch: int = 2  # batches read, decoded and padded ahead of compute (0: no reader thread)
+    # batches read, decoded and padded ahead of compute by a reader thread; 0: none, read in the
+    # calling thread; None: 2 on CUDA, 0 on a CPU (where the reader competes with compute for the
+    # same cores: one query took 7% longer with it on 2 cores, BENCHMARKS.md, Latency)
+    prefetch: int | None = None
     # int8: dynamic int8 quantization (torch.ao, fbgemm/x86 kernels) of the interaction layers'
     # linear sublayers (not the cross-attention key/value weights, which the absorbed path folds
     # into the query, nor the score head): weights int8 per tensor, activations quantized per
@@ -85,6 +88,7 @@ class MiceScorer:
         if self.quantize == "int8":
             self.interaction = quantized_interaction(self.model.interaction, self.device, self.dtype)
         self.reader = reader
+        self.prefetch = config.prefetch if config.prefetch is not None else 2 if self.device.type == "cuda" else 0
         self._buffers: queue.SimpleQueue[tuple] = queue.SimpleQueue()  # reused host buffers
 
     @torch.inference_mode()
@@ -160,7 +164,7 @@ class MiceScorer:
 
     def release(self, batch: _Batch) -> None:
         """Give a scored batch's host buffer back to the pool (at most prefetch + 2 are kept)."""
-        if self._buffers.qsize() < self.config.prefetch + 2:
+        if self._buffers.qsize() < self.prefetch + 2:
             self._buffers.put(batch.buffer)
 
     def prepare(self, rows: Sequence[int]) -> list[_Batch]:
@@ -171,10 +175,10 @@ class MiceScorer:
     def _prefetched(self, plan: list[np.ndarray], flat_rows: np.ndarray) -> Iterator[_Batch]:
         """Read + decode + pad the planned batches in a background thread, `prefetch` ahead (0: in
         this thread, one batch at a time)."""
-        if self.config.prefetch <= 0:
+        if self.prefetch <= 0:
             yield from (self._load(pairs, flat_rows) for pairs in plan)
             return
-        results: queue.Queue = queue.Queue(maxsize=max(1, self.config.prefetch))
+        results: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         stop = threading.Event()
 
         def produce():
