@@ -109,11 +109,25 @@ class Searcher:
 
         reader = IndexReader.open(index_dir)
         mice = checked_model(reader, model) if config.rerank == "mice" else None
-        embed = DenseQueryEncoder.for_index(reader) if reader.dense_path is not None else None
+        embed = DenseQueryEncoder.for_index(reader, mice) if reader.dense_path is not None else None
         return cls(reader, mice, config, dense_query_encoder=embed)
 
     # -- first stage --
-    def candidates(self, texts: Sequence[str], depth: int) -> Candidates:
+    def _shared_query_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The queries' layer-ℓ* states (fp32) when the dense encoder and the scorer share the
+        MICE model's bottom (an index whose dense vectors come from that bottom): one bottom pass
+        serves both; None otherwise."""
+        if self._scorer is None or self._embed is None or self._embed.model is not self.model \
+                or self.config.candidates == "bm25":
+            return None
+        with torch.inference_mode():
+            return self.model.encode_queries(list(texts))
+
+    def candidates(self, texts: Sequence[str], depth: int,
+                   query_states: tuple[torch.Tensor, torch.Tensor] | None = None) -> Candidates:
+        """First-stage candidates of `texts` (rows [Q, depth], padded with -1); `query_states`:
+        their states from the dense encoder's bottom (`_shared_query_states`), used when no query
+        was cut at the MICE query length."""
         kind, n = self.config.candidates, self.reader.num_docs
         per_list = min(max(depth, self.config.hybrid.depth), n) if kind == "hybrid" else depth
         bm25 = self._bm25.search(list(texts), per_list) if self._bm25 is not None else None
@@ -129,7 +143,9 @@ class Searcher:
                 rows[empty], scores[empty] = dense.rows, dense.scores
                 return Candidates(rows, scores)
             return bm25
-        dense = self._dense.search(self._embed(list(texts)), per_list)
+        cut = query_states is None or bool((query_states[1].sum(1) >= self.model.config.max_query_length).any())
+        emb = self._embed(list(texts)) if cut else self._embed.from_states(*query_states)
+        dense = self._dense.search(emb, per_list)
         if kind == "dense":
             return dense
         return self.config.hybrid.fuse(bm25, dense, depth)
@@ -186,7 +202,9 @@ class Searcher:
         remove = self.config.remove_query_id if remove_query_id is None else remove_query_id
         depth = self.config.depth
         extra = 1 if remove else 0  # room for the skipped self-match
-        cands = self.candidates([q.text for q in queries], min(depth + extra, self.reader.num_docs))
+        texts = [q.text for q in queries]
+        shared = self._shared_query_states(texts)  # one bottom pass for the dense stage and MICE
+        cands = self.candidates(texts, min(depth + extra, self.reader.num_docs), shared)
         lists = []
         for q, rows, scores in zip(queries, cands.rows, cands.scores):
             keep = rows >= 0
@@ -194,7 +212,7 @@ class Searcher:
                 keep &= rows != self._row_or_missing(q.query_id)
             lists.append((rows[keep][:depth], scores[keep][:depth]))
         if self._scorer is not None:
-            mice = self._scorer.score([q.text for q in queries], [r for r, _ in lists])
+            mice = self._scorer.score(texts, [r for r, _ in lists], shared)
             alpha = self.alpha
             lists = [(rows, interpolate(first, s, alpha)) for (rows, first), s in zip(lists, mice)]
         out, doc_ids = {}, self.reader.doc_ids
@@ -252,24 +270,35 @@ def checked_model(reader, model: MiceModel | str | None = None) -> MiceModel:
 
 
 class DenseQueryEncoder:
-    """Query embeddings for the dense index: the backbone's bottom + upper layers, fp32.
+    """Query embeddings for the dense index: the backbone's bottom + upper layers, fp32, as the
+    document side of the dense index. `bottom`: a model whose bottom *is* the backbone's (the MICE
+    model of an index whose dense vectors were computed from its states, `dense.source` "tower"),
+    used instead of loading the backbone's bottom again (the scorer keeps its own copy when it
+    casts to bf16)."""
 
-    Kept apart from the MICE model (which the scorer may cast to bf16) so the query side matches
-    the document side of the dense index exactly."""
-
-    def __init__(self, backbone: str, fusion_layer: int, max_length: int = 256):
+    def __init__(self, backbone: str, fusion_layer: int, max_length: int = 256, bottom: MiceModel | None = None):
         from mice_index.dense_tower import DenseTower
 
-        self.model = MiceModel.from_pretrained(backbone, fusion_layer=fusion_layer, num_interaction_layers=1)
+        self.model = bottom if bottom is not None else MiceModel.from_pretrained(
+            backbone, fusion_layer=fusion_layer, num_interaction_layers=1)
         self.tower = DenseTower.from_backbone(backbone, self.model.config)
         self.max_length = max_length
 
     @classmethod
-    def for_index(cls, reader) -> DenseQueryEncoder:
+    def for_index(cls, reader, model: MiceModel | None = None) -> DenseQueryEncoder:
+        """The encoder of `reader`'s dense vectors; `model`: the index's (fingerprint-checked) MICE
+        model, whose bottom is shared when the vectors came from its states."""
         from mice_index.defaults import DEFAULT_BACKBONE
 
         dense = reader.manifest.get("dense") or {}
+        if dense.get("source") == "tower" and model is not None:  # the build checked: same bottom
+            return cls(dense.get("backbone", DEFAULT_BACKBONE), model.config.fusion_layer, bottom=model)
         return cls(dense.get("backbone", DEFAULT_BACKBONE), 3)
+
+    @torch.inference_mode()
+    def from_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """Embeddings [B, Dd] from the bottom's query states [B,T,D] and mask [B,T]."""
+        return self.tower(states.float(), mask).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> np.ndarray:

@@ -92,15 +92,21 @@ class MiceScorer:
         self._buffers: queue.SimpleQueue[tuple] = queue.SimpleQueue()  # reused host buffers
 
     @torch.inference_mode()
-    def score(self, queries: Sequence[str], candidates: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """queries[i] against rows candidates[i] -> float32 scores aligned with candidates[i]."""
+    def score(self, queries: Sequence[str], candidates: Sequence[Sequence[int]],
+              query_states: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[np.ndarray]:
+        """queries[i] against rows candidates[i] -> float32 scores aligned with candidates[i].
+        `query_states`: the queries' layer-ℓ* states and mask ([Q,Tq,D], [Q,Tq], from the same
+        bottom, e.g. computed once for the dense first stage too); default: computed here."""
         assert len(queries) == len(candidates)
         flat_q = np.concatenate([np.full(len(c), i, dtype=np.int64) for i, c in enumerate(candidates)] or [[]])
         flat_rows = np.concatenate([np.asarray(c, dtype=np.int64) for c in candidates] or [[]])
         out = np.empty(len(flat_rows), dtype=np.float32)
         if len(flat_rows):
             plan = self._plan(flat_q, flat_rows)
-            q_states, q_mask = self.model.encode_queries(list(queries))  # bottom once per query
+            if query_states is None:
+                q_states, q_mask = self.model.encode_queries(list(queries))  # bottom once per query
+            else:
+                q_states, q_mask = query_states[0].to(self.device, self.dtype), query_states[1].to(self.device)
             for batch in self._prefetched(plan, flat_rows):
                 out[batch.pairs] = self._score_batch(q_states, q_mask, flat_q[batch.pairs], batch)
                 self.release(batch)  # _score_batch synchronised with the device (.cpu())
