@@ -34,12 +34,14 @@ def stages(searcher: Searcher, text: str) -> dict[str, float]:
     """Milliseconds per stage of one query, run one after the other."""
     scorer, out = searcher._scorer, {}
     t = time.perf_counter()
-    cands = searcher.candidates([text], searcher.config.depth)
+    shared = searcher._shared_query_states([text])  # None where the dense stage has its own bottom
+    q, qm = shared if shared is not None else scorer.model.encode_queries([text])
+    q = q.to(scorer.dtype)
+    out["query bottom"] = _ms(t)
+    t = time.perf_counter()
+    cands = searcher.candidates([text], searcher.config.depth, shared)
     out["first stage"] = _ms(t)
     rows = cands.rows[0][cands.rows[0] >= 0]
-    t = time.perf_counter()
-    q, qm = scorer.model.encode_queries([text])
-    out["query bottom"] = _ms(t)
     t = time.perf_counter()
     batches = scorer.prepare(rows)
     out["read + decode + pad"] = _ms(t)

@@ -102,7 +102,8 @@ def _cross(attn: Attention, x: torch.Tensor, rows: torch.Tensor, docs: torch.Ten
         qk = torch.einsum("qhtd,hde->qhte", q, attn.key.weight.view(H, dh, D)).reshape(-1, H * Tq, D)
         scores = _products(docs, qk if extra is None else torch.cat([qk, extra], dim=1), rows)
         products = scores[..., H * Tq:] if extra is not None else None
-        weights = torch.softmax(scores[..., : H * Tq] + keys_mask[:, :, None], dim=1)  # over document tokens
+        logits = scores[..., : H * Tq].add_(keys_mask[:, :, None])  # in place: `scores` is ours
+        weights = torch.softmax(logits, dim=1)  # over document tokens
         avg = torch.matmul(weights.transpose(1, 2), docs).view(P, H, Tq, D)  # weighted document states
         ctx = torch.einsum("phtd,hed->pthe", avg, attn.value.weight.view(H, dh, D)).reshape(P, Tq, D)
         finite = torch.isfinite(ctx).flatten(1).all(1)  # NaN / inf states reach every row of ctx
