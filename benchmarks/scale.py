@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(_HERE.parent), str(_HERE)]  # this checkout's mice_index, benchmarks/synthetic.py
+# this checkout's mice_index (or, for a before/after comparison of search, the one in --search-src)
+sys.path[:0] = [os.environ.get("MICE_SCALE_SRC") or str(_HERE.parent), str(_HERE)]
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -113,7 +114,8 @@ def child_build(args) -> dict:
         times["candidates"] = time.perf_counter() - t0 - times["fit"] - times["encode"]
 
     B._Builder.build_candidates = timed_candidates
-    cfg = B.BuildConfig(codec=args.codec, **({"dense_kind": args.dense_kind} if args.dense_kind else {}))
+    cfg = B.BuildConfig(codec=args.codec, fit_tokens=args.fit_tokens,
+                        **({"dense_kind": args.dense_kind} if args.dense_kind else {}))
     B.build_index(args.corpus, args.index, cfg, model=model,
                   encoder_factory=lambda _m, enc_cfg, tower, dmodel, _t: Encoder(
                       vocab, enc_cfg, dense=tower is not None or dmodel is not None))
@@ -194,12 +196,14 @@ def child_search(args) -> dict:
 # ----------------------------------------------------------------------------------------- driver
 def _run_child(mode: str, args, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--seed", str(args.seed), "--codec", args.codec,
-           "--mean-tokens", str(args.mean_tokens), "--queries", str(args.queries), "--max-len", str(args.max_len)]
+           "--mean-tokens", str(args.mean_tokens), "--queries", str(args.queries), "--max-len", str(args.max_len),
+           "--fit-tokens", str(args.fit_tokens)]
     if args.dense_kind:
         cmd += ["--dense-kind", args.dense_kind]
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    env = {**ENV, "MICE_SCALE_SRC": str(args.search_src)} if mode == "search" and args.search_src else ENV
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -231,6 +235,9 @@ def main() -> None:
                     help="mean tokens per document incl. [CLS]/[SEP] (log-normal; MS MARCO passages ~80)")
     ap.add_argument("--max-len", type=int, default=256, help="the model's max_doc_length (lengths are clipped)")
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--fit-tokens", type=int, default=100_000, help="BuildConfig.fit_tokens (codec fit sample)")
+    ap.add_argument("--search-src", type=Path, default=None,
+                    help="run the search measurements with the mice_index of this checkout (e.g. main's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--search-only", action="store_true", help="re-measure search on the indexes already built")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
