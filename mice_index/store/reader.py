@@ -358,11 +358,13 @@ class IndexReader:
     def _read_rows(self, rows, texts: bool) -> list[tuple[Any, int]]:
         """(row-group table, row inside it) per row, in the order given; reads each group once."""
         shard, local = self._locate(rows)
-        out = []
+        out, held = [], {}  # held: this call's groups (the LRU may evict them before the call ends)
         for s, l in zip(shard.tolist(), local.tolist()):
             starts = self._shards[s].group_starts
             g = int(np.searchsorted(starts, l, side="right")) - 1
-            out.append((self._group(s, g, texts), l - int(starts[g])))
+            if (s, g) not in held:
+                held[s, g] = self._group(s, g, texts)
+            out.append((held[s, g], l - int(starts[g])))
         return out
 
     def doc_ids_of(self, rows) -> list[str]:
