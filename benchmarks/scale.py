@@ -145,11 +145,16 @@ def child_search(args) -> dict:
     searcher = Searcher(reader, checked_model(reader, model), SearchConfig(candidates="hybrid", depth=100), embed)
     open_s, open_cpu = time.perf_counter() - t, time.process_time() - c
     rss1, io1 = _proc_status(), _rchar()
-    qs = queries(_vocab(args), args.queries, seed=args.seed)
+    qs = queries(_vocab(args), args.warmup + args.queries, seed=args.seed)
+    warm, qs = [q for q, _ in qs[: args.warmup]], qs[args.warmup:]
     texts = [q for q, _ in qs]
     t = time.perf_counter()
-    searcher.search(texts[0], k=10)  # the first query after open (lazy loads), not in the percentiles
+    searcher.search(warm[0] if warm else texts[0], k=10)  # the first query after open (lazy loads)
     first_query_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for q in warm[1:]:  # other queries: shards' maps opened as a long-running searcher has them
+        searcher.search(q, k=10)
+    warmup_s = time.perf_counter() - t
     stage1, total, stage1_cpu, total_cpu = [], [], [], []
     for q in texts:
         t, c = time.perf_counter(), time.process_time()
@@ -172,7 +177,8 @@ def child_search(args) -> dict:
            "rss_after_open_mib": _mib(rss1["VmRSS"]), "rss_open_anon_delta_mib": _mib(rss1["RssAnon"] - rss0["RssAnon"]),
            "rss_after_search_mib": _mib(rss2["VmRSS"]), "rss_search_anon_delta_mib": _mib(rss2["RssAnon"] - rss1["RssAnon"]),
            "rss_search_file_delta_mib": _mib(rss2["RssFile"] - rss1["RssFile"]),
-           "first_query_ms": round(first_query_s * 1000, 1), "queries": len(texts),
+           "first_query_ms": round(first_query_s * 1000, 1), "queries": len(texts), "warmup_queries": len(warm),
+           "warmup_mean_ms": round(warmup_s * 1000 / max(1, len(warm) - 1), 1),
            "search_p50_ms": pct(total, 50), "search_p95_ms": pct(total, 95),
            "first_stage_p50_ms": pct(stage1, 50), "first_stage_p95_ms": pct(stage1, 95),
            # CPU time of the process (all threads) per query: less sensitive to other processes
@@ -204,7 +210,7 @@ def child_search(args) -> dict:
 def _run_child(mode: str, args, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--seed", str(args.seed), "--codec", args.codec,
            "--mean-tokens", str(args.mean_tokens), "--queries", str(args.queries), "--max-len", str(args.max_len),
-           "--fit-tokens", str(args.fit_tokens)]
+           "--fit-tokens", str(args.fit_tokens), "--warmup", str(args.warmup)]
     if args.dense_kind:
         cmd += ["--dense-kind", args.dense_kind]
     for k, v in kw.items():
@@ -242,6 +248,7 @@ def main() -> None:
                     help="mean tokens per document incl. [CLS]/[SEP] (log-normal; MS MARCO passages ~80)")
     ap.add_argument("--max-len", type=int, default=256, help="the model's max_doc_length (lengths are clipped)")
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=50, help="other queries searched first (untimed but their mean)")
     ap.add_argument("--fit-tokens", type=int, default=100_000, help="BuildConfig.fit_tokens (codec fit sample)")
     ap.add_argument("--search-src", type=Path, default=None,
                     help="run the search measurements with the mice_index of this checkout (e.g. main's)")
