@@ -125,8 +125,10 @@ def _load_dense(model: MiceModel, cfg: BuildConfig):
 
 
 class _Builder:
-    def __init__(self, corpus, index: Path, cfg: BuildConfig, model: MiceModel | None, progress):
+    def __init__(self, corpus, index: Path, cfg: BuildConfig, model: MiceModel | None, progress,
+                 encoder_factory: Callable[..., Any] = DocumentEncoder):
         self.corpus, self.root, self.cfg, self.progress = corpus, Path(index), cfg, progress
+        self.encoder_factory = encoder_factory
         self.codec_name = resolve_codec_name(cfg.codec)
         self.model = model if model is not None else _load_model(cfg.model)
         mc = self.model.config
@@ -286,13 +288,15 @@ class _Builder:
     def _run(self) -> int:
         m = self.prepare()
         tower, dmodel, dtower, dense_desc = _load_dense(self.model, self.cfg)
-        encoder = DocumentEncoder(self.model, self.encoder_config(), tower, dmodel, dtower)
+        encoder = self.encoder_factory(self.model, self.encoder_config(), tower, dmodel, dtower)
         if dense_desc is not None:
             dense_desc["dim"] = encoder.dense_dim
         if m is None:
             m = self.new_manifest(self.fit_codec(encoder), dense_desc)
             self.write_manifest(m)
         codec = load_codec(self.root, m)  # the stored params, also on a fresh build (one code path)
+        if hasattr(encoder, "bind_codec"):  # an encoder that emits codec columns itself (EncodedWindow.parts)
+            encoder.bind_codec(codec)
         m["shards"] = self.recover_shards(m)
         self.write_manifest(m)
         docs = self.skip_committed(iter(self.docs()), m["shards"])
@@ -413,16 +417,22 @@ def build_index(
     model: MiceModel | None = None,
     progress: Callable[[int], None] | None = None,
     total_callback: Callable[[int | None], None] | None = None,
+    encoder_factory: Callable[..., Any] = DocumentEncoder,
 ) -> BuildResult:
     """Build (or resume) the index of `corpus` in folder `index`. `model` overrides config.model
     (already loaded); `progress(n)` is called with the number of documents done since the last
-    call; `total_callback(total)` once with the corpus size (None when unknown)."""
+    call; `total_callback(total)` once with the corpus size (None when unknown).
+
+    `encoder_factory` (benchmarks): called like `DocumentEncoder(model, EncoderConfig, tower,
+    dense_model, dense_tower)`; the object needs `windows(docs, start_row, boundary, stop_row)`
+    yielding `EncodedWindow`s and `dense_dim`, and may have `bind_codec(codec)`, called with the
+    index's (fitted) codec before the shards are written (benchmarks/scale.py's synthetic encoder)."""
     import time
 
     t0 = time.perf_counter()
     total = count_documents(corpus)  # also fails fast (before loading the model) on a missing corpus
     _peek(corpus, config)  # ... a first document that cannot be read, a corrupt compressed file
-    builder = _Builder(corpus, Path(index), config, model, progress)
+    builder = _Builder(corpus, Path(index), config, model, progress, encoder_factory)
     if total_callback is not None:
         total_callback(total)
     created = not Path(index).exists()

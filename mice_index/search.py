@@ -10,6 +10,7 @@ The CLI (`mice-index search`) is a thin shell over this module.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from mice_index.text import check_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "resolve_alpha"]
+__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "ranked", "resolve_alpha"]
 
 DEFAULT_DEPTH = 100
 
@@ -167,8 +168,9 @@ class Searcher:
         for result in results.values():
             rows = [r for r, _ in result]
             docs = self.reader.texts(rows) if rows else []
-            out.append([Hit(i + 1, self.reader.doc_id(r), s, r, t, x)
-                        for i, ((r, s), (t, x)) in enumerate(zip(result, docs))])
+            ids = self.reader.doc_ids_of(rows) if rows else []
+            out.append([Hit(i + 1, d, s, r, t, x)
+                        for i, ((r, s), d, (t, x)) in enumerate(zip(result, ids, docs))])
         return out
 
     def search_many(self, queries: Iterable[Query], k: int | None = None, progress=None) -> dict[str, list[ScoredDoc]]:
@@ -185,7 +187,8 @@ class Searcher:
         for i in range(0, len(queries), step):
             batch = queries[i:i + step]
             for qid, hits in self._search_batch(batch, k).items():
-                run[qid] = [ScoredDoc(qid, self.reader.doc_id(r), s) for r, s in hits]
+                ids = self.reader.doc_ids_of([r for r, _ in hits]) if hits else []
+                run[qid] = [ScoredDoc(qid, d, s) for d, (_, s) in zip(ids, hits)]
             if progress is not None:
                 progress(len(batch))
         return run
@@ -215,10 +218,9 @@ class Searcher:
             mice = self._scorer.score(texts, [r for r, _ in lists], shared)
             alpha = self.alpha
             lists = [(rows, interpolate(first, s, alpha)) for (rows, first), s in zip(lists, mice)]
-        out, doc_ids = {}, self.reader.doc_ids
+        out = {}
         for q, (rows, scores) in zip(queries, lists):
-            ids = [doc_ids[int(r)] for r in rows]  # rows come from the candidate generators: valid
-            order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), ids[j]))[:k]
+            order = ranked(rows, scores, k, self.reader.doc_ids_of)
             out[q.query_id] = [(int(rows[j]), float(scores[j])) for j in order]
         return out
 
@@ -230,6 +232,23 @@ class Searcher:
 
     def with_config(self, **changes) -> Searcher:
         return Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
+
+
+def ranked(rows: np.ndarray, scores: np.ndarray, k: int, ids_of) -> list[int]:
+    """Positions of the top-k of `rows` [n] by `scores` [n] descending, equal scores by doc id
+    ascending. `ids_of(rows) -> ids` is asked only for rows whose score is tied with another's and
+    reaches the top k, so a search reads few ids (usually none) to rank its candidates."""
+    vals = [float(x) for x in scores]
+    order = sorted(range(len(vals)), key=lambda j: -vals[j])
+    if len(order) > k:
+        cut = vals[order[k - 1]]
+        order = [j for j in order if vals[j] >= cut]  # all candidates tied with the k-th stay in
+    counts = Counter(vals[j] for j in order)
+    tied = [j for j in order if counts[vals[j]] > 1]
+    if tied:
+        ids = dict(zip(tied, ids_of([int(rows[j]) for j in tied])))
+        order.sort(key=lambda j: (-vals[j], ids.get(j, "")))  # an untied score needs no id
+    return order[:k]
 
 
 def resolve_alpha(alpha: float | None, model: MiceModel | None) -> float:

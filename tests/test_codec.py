@@ -262,3 +262,16 @@ def test_bad_options_and_params_are_clear_errors(sample):
         codec_from_params(config, {k: v for k, v in arrays.items() if k != "pq_centroids"})
     with pytest.raises(CodecError, match="not 'fp16'"):
         CODECS["fp16"].from_params(config, arrays)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_NAMES if CODECS[n].needs_fit])
+def test_pq_codes_in_blocks_equal_one_pass(name, fitted, held_out, monkeypatch):
+    """Encoding bounds faiss's distance table by cutting the tokens into blocks; codes don't change."""
+    from mice_index.codec import quantized
+
+    whole = fitted[name].encode(held_out)
+    monkeypatch.setattr(quantized, "CODES_TABLE_BYTES", 1)  # the smallest blocks (256 tokens)
+    x = np.concatenate([held_out] * (1 + 600 // held_out.shape[0]))[:600]  # 3 blocks, the last partial
+    blocked = fitted[name].encode(x)
+    assert all(np.array_equal(blocked[k][: held_out.shape[0]], whole[k]) for k in whole)
+    assert all(blocked[k].shape[0] == 600 for k in blocked)

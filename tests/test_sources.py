@@ -266,3 +266,57 @@ def test_irds_offline_fails_fast_and_clearly(tmp_path):
     for line, option in zip(lines, ("--corpus", "--queries", "--qrels"), strict=True):
         assert line.startswith("SourceError: irds:beir/scifact/test: "), line
         assert "download" in line and option in line, line
+
+
+# ----------------------------------------------------------------------------- duplicate ids in bounded memory
+
+
+def test_seen_ids_merge_keeps_every_id(monkeypatch):
+    from mice_index.sources import seen
+
+    monkeypatch.setattr(seen, "CHUNK", 4)  # merge into the sorted array every 4 ids
+    s = seen.SeenIds()
+    ids = [f"doc{i}" for i in range(50)]
+    assert not any(s.seen_before(d) for d in ids)
+    assert len(s) == 50 and s._sorted.size >= 48  # most hashes live in the sorted array
+    assert all(s.seen_before(d) for d in ids)  # old (merged) and recent ids are both found
+    assert not s.seen_before("doc50")
+
+
+def test_duplicate_id_after_merges_names_both_lines(tmp_path, monkeypatch):
+    from mice_index.sources import seen
+
+    monkeypatch.setattr(seen, "CHUNK", 3)
+    lines = [jl(_id=f"d{i}", text="x") for i in range(20)] + [jl(_id="d2", text="again")]
+    path = write_lines(tmp_path / "corpus.jsonl", lines)
+    raises_at(lambda: list(read_documents(path)), path, 21, "duplicate document id 'd2'", "line 3")
+    q = write_lines(tmp_path / "q.tsv", [f"q{i}\tt" for i in range(10)] + ["q7\tagain"])
+    raises_at(lambda: list(read_queries(q)), q, 11, "duplicate query id 'q7'", "line 8")
+
+
+def test_hash_collisions_are_not_duplicates(tmp_path, monkeypatch):
+    """Every id gets the same hash: distinct ids must still be read, a true duplicate still named."""
+    from mice_index.sources import seen
+
+    monkeypatch.setattr(seen, "id_hash", lambda key: 7)
+    path = write_lines(tmp_path / "corpus.jsonl", [jl(_id=f"d{i}", text="x") for i in range(5)])
+    assert [d.doc_id for d in read_documents(path)] == [f"d{i}" for i in range(5)]
+    dup = write_lines(tmp_path / "dup.jsonl", [jl(_id="a", text="x"), jl(_id="b", text="y"), jl(_id="a", text="z")])
+    raises_at(lambda: list(read_documents(dup)), dup, 3, "duplicate document id 'a'", "line 1")
+
+
+def test_irds_duplicate_checked_exactly(monkeypatch):
+    from types import SimpleNamespace
+
+    from mice_index.sources import irds, seen
+
+    records = {"docs": [SimpleNamespace(doc_id=i, text="t", title="") for i in ("a", "b", "c", "b")],
+               "queries": [SimpleNamespace(query_id=i, text="t") for i in ("1", "2", "2")]}
+    monkeypatch.setattr(irds, "iterate", lambda src, kind, convert: (convert(r) for r in records[kind]))
+    monkeypatch.setattr(seen, "id_hash", lambda key: 7)  # every id collides: only exact ids count
+    with pytest.raises(SourceError, match=r"^irds:x: document #4: duplicate document id 'b'$"):
+        list(read_documents("irds:x"))
+    with pytest.raises(SourceError, match=r"^irds:x: query #3: duplicate query id '2'$"):
+        list(read_queries("irds:x"))
+    records["docs"].pop()
+    assert [d.doc_id for d in read_documents("irds:x")] == ["a", "b", "c"]

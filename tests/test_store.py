@@ -184,3 +184,33 @@ def test_uncommitted_shard_is_invisible(tmp_path):
     assert w.tmp.is_dir() and not w.final.exists()
     w.abort()
     assert not w.tmp.exists()
+
+
+def test_ids_and_texts_read_only_their_row_groups(built, monkeypatch):
+    from mice_index.store.reader import _Shard
+
+    root, _ = built
+    r = IndexReader.open(root)
+    assert list(r._shards[0].group_starts) == [0, 7, 12]  # one Parquet row group per written window
+    rows = [29, 0, 13, 8, 12, 7, 0]
+    assert r.doc_ids_of(rows) == [f"doc{i}" for i in rows]
+    assert r.texts(rows) == [(f"title {i}" if (i - w) % 2 else "", f"text {i}")
+                             for i, w in zip(rows, [25, 0, 12, 7, 12, 7, 0])]
+    reads, real = [], _Shard.table
+    monkeypatch.setattr(_Shard, "table", lambda self, cols, group=None: reads.append((self.name, group))
+                        or real(self, cols, group))
+    fresh = IndexReader.open(root)
+    assert fresh.doc_ids_of([8, 9]) == ["doc8", "doc9"] and reads == [("00000", 1)]  # one row group, once
+    assert fresh.doc_id(10) == "doc10" and reads == [("00000", 1)]  # cached
+    assert fresh.texts([26]) == [("title 26", "text 26")] and reads[-1] == ("00002", 0)
+
+
+def test_row_of_is_exact_under_hash_collisions(built, monkeypatch):
+    from mice_index.sources import seen
+
+    root, _ = built
+    monkeypatch.setattr(seen, "id_hash", lambda key: len(key))  # doc0..doc9 collide, so do doc10..doc29
+    r = IndexReader.open(root)
+    assert [r.row_of(f"doc{i}") for i in range(30)] == list(range(30))
+    with pytest.raises(IndexError_, match="no document with id 'doc30'"):
+        r.row_of("doc30")

@@ -381,6 +381,24 @@ def test_damaged_candidate_index_named(files, tmp_path, name):
         IndexReader.open(idx).verify()
 
 
+def test_large_candidate_index_open_checks_sizes_verify_checks_crc(files, tmp_path, monkeypatch, capsys):
+    """Above CANDIDATE_CRC_BYTES a searcher's open checks only file sizes (no full read of a large
+    index); a flipped byte is then found by `info --verify`, a truncated file at open."""
+    from mice_index.store import reader as R
+
+    idx = tmp_path / "withdense"
+    build_index(files["corpus"], idx, _cfg(files["mice_dir"], dense="auto"), model=files["model"])
+    monkeypatch.setattr(R, "CANDIDATE_CRC_BYTES", 0)  # every candidate index counts as large
+    f = max((p for p in (idx / "dense").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    _flip(f, [f.stat().st_size // 2])
+    Searcher.open(idx, model=files["model"])  # sizes match: opens without reading the files whole
+    code, _, err = _cli(monkeypatch, capsys, "info", "--index", idx, "--verify")
+    assert code == 2 and f"{f}: missing, or checksum mismatch" in err
+    f.write_bytes(f.read_bytes()[:-1])
+    with pytest.raises(IndexError_, match=f"{f}: size mismatch in the dense index.*--overwrite"):
+        Searcher.open(idx, model=files["model"])
+
+
 def test_damaged_manifest_and_codec_named(files, idx3):
     m = idx3 / "manifest.json"
     text = m.read_text()

@@ -175,6 +175,33 @@ def test_ties_single_and_batch_agree_with_run_writer(indexes, tmp_path, candidat
     assert [d.doc_id for d in read_run(path)] == [h.doc_id for h in hits]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_ranked_equals_full_sort_and_reads_only_tied_ids(seed):
+    """`ranked` (ids read only for tied scores reaching the top k) orders exactly like sorting every
+    candidate by (-score, doc id)."""
+    from mice_index.search import ranked
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    rows = rng.permutation(1000)[:n]
+    scores = rng.integers(0, 25, size=n).astype(np.float32) / 4  # many ties
+    scores[:10] = rng.random(10) + 10  # a few untied scores on top
+    doc_id = {int(r): f"d{rng.integers(10**6):06d}" for r in rows}
+    asked: list[int] = []
+
+    def ids_of(rs):
+        asked.extend(rs)
+        return [doc_id[r] for r in rs]
+
+    for k in (1, 5, 10, 17, 60, 100):
+        asked.clear()
+        want = sorted(range(n), key=lambda j: (-float(scores[j]), doc_id[int(rows[j])]))[:k]
+        assert ranked(rows, scores, k, ids_of) == want
+        untied_top = k <= 10
+        assert (asked == []) == untied_top  # the 10 untied best need no id
+        assert len(asked) < n or k >= n
+
+
 @pytest.mark.parametrize("relevant,p1,rr", [("zz", 0.0, 0.5), ("aa", 1.0, 1.0)])
 def test_ties_through_eval_p1_and_rr_agree(indexes, tmp_path, monkeypatch, capsys, relevant, p1, rr):
     searcher = _open(indexes, "ties", candidates="bm25", rerank="none")

@@ -18,6 +18,7 @@ import numpy as np
 from mice_index.codec.base import Codec, CodecError, ColumnSpec, Parts
 
 Norm = Literal["none", "center", "standardize"]
+CODES_TABLE_BYTES = 512 << 20  # bound on faiss's distance table while encoding (see _PQFamily._codes)
 U8 = np.dtype(np.uint8)
 U16 = np.dtype(np.uint16)
 F32 = np.dtype(np.float32)
@@ -79,6 +80,16 @@ class _PQFamily(Codec):
     def _pq_columns(self) -> ColumnSpec:
         return {"codes": (U8, int(self.pq.code_size))}
 
+    def _codes(self, z: np.ndarray) -> np.ndarray:
+        """PQ codes of z [T, D], in blocks: faiss's BLAS path holds a [T, M, 2^nbits] float32
+        distance table (6.4 GB for a 65,536-token window at M=24, nbits=10); blocks bound it to
+        CODES_TABLE_BYTES. Each row's code does not depend on the blocking."""
+        rows = max(256, CODES_TABLE_BYTES // (4 * self.M * self.pq.ksub))
+        if z.shape[0] <= rows:
+            return self.pq.compute_codes(np.ascontiguousarray(z, dtype=F32))
+        return np.concatenate([self.pq.compute_codes(np.ascontiguousarray(z[i:i + rows], dtype=F32))
+                               for i in range(0, z.shape[0], rows)])
+
     def _need(self, x: np.ndarray, k: int, what: str) -> None:
         if x.shape[0] < k:
             raise CodecError(f"codec {self.name!r}: fit sample has {x.shape[0]} tokens, {what} needs >= {k}")
@@ -122,7 +133,7 @@ class PQCodec(_PQFamily):
         self._fit_pq(self._normalise(x), seed)
 
     def _encode(self, x: np.ndarray) -> Parts:
-        return {"codes": self.pq.compute_codes(self._normalise(x))}
+        return {"codes": self._codes(self._normalise(x))}
 
     def _decode(self, parts: Parts) -> np.ndarray:
         return self._denormalise(self.pq.decode(parts["codes"]))
@@ -161,7 +172,7 @@ class OPQCodec(_PQFamily):
         self._fit_pq(z @ self.rotation.T, seed)
 
     def _encode(self, x: np.ndarray) -> Parts:
-        return {"codes": self.pq.compute_codes(np.ascontiguousarray(self._normalise(x) @ self.rotation.T))}
+        return {"codes": self._codes(self._normalise(x) @ self.rotation.T)}
 
     def _decode(self, parts: Parts) -> np.ndarray:
         return self._denormalise(self.pq.decode(parts["codes"]) @ self.rotation)
@@ -220,7 +231,7 @@ class ResidualCodec(_PQFamily):
     def _encode(self, x: np.ndarray) -> Parts:
         z = self._normalise(x)
         ids = self._assign(z)
-        codes = self.pq.compute_codes(np.ascontiguousarray(z - self.centroids[ids]))
+        codes = self._codes(z - self.centroids[ids])
         return {"centroid": ids.astype(U16)[:, None], "codes": codes}
 
     def _decode(self, parts: Parts) -> np.ndarray:

@@ -98,14 +98,19 @@ def resolve_dtype(dtype: DType, device: torch.device) -> Literal["bf16", "fp32"]
 
 @dataclass
 class EncodedWindow:
-    """Consecutive documents (corpus order) with their concatenated float32 states."""
+    """Consecutive documents (corpus order) with their concatenated float32 states.
+
+    `parts` (optional) holds the states already in the index codec's columns ({column: [T, width]},
+    T = sum(lengths)); the shard writer then stores them as they are and `states` may be None.
+    Only encoders that produce codec columns directly set it (benchmarks/scale.py's synthetic one)."""
 
     start_row: int
     docs: list[Document]
     lengths: np.ndarray  # int32 [n] tokens per document ([CLS] ... [SEP] included)
-    states: np.ndarray  # float32 [sum(lengths), D]
+    states: np.ndarray | None  # float32 [sum(lengths), D]; None only when `parts` is given
     dense: np.ndarray | None  # float32 [n, Dd] (L2-normalised) or None
     truncated: np.ndarray  # bool [n]: the document was longer than max_doc_length
+    parts: dict[str, np.ndarray] | None = None  # codec columns [sum(lengths), width] instead of states
 
 
 class _Pass:

@@ -1,7 +1,8 @@
 """Streaming readers for documents and queries (BEIR folder, JSONL, TSV, or `irds:<id>`).
 
-Each reader yields records one by one; only the set of ids seen so far is kept (for duplicate
-detection). Every bad input raises one SourceError naming file and line (and the id when known).
+Each reader yields records one by one; only the 64-bit hashes of the ids seen so far are kept (for
+duplicate detection: 8 bytes per record, `sources.seen`; a hash hit is re-checked against the
+exact id by re-reading the source). Every bad input raises one SourceError naming file and line (and the id when known).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mice_index.sources._files import (
     resolve_file,
 )
 from mice_index.sources.records import Document, Query
+from mice_index.sources.seen import SeenIds
 from mice_index.text import check_text
 
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
@@ -39,10 +41,25 @@ def _check_id(value: str, path: Path | str, where: str, kind: str) -> str:
     return value
 
 
-def _duplicate(path: Path, lineno: int, kind: str, key: str, extract) -> SourceError:
+def _duplicate(path: Path, lineno: int, kind: str, key: str, extract) -> SourceError | None:
+    """The error for `key` on `lineno`, whose hash was seen before; None when the first line with
+    that exact id is this one (a hash collision with another id)."""
     first = first_line_of(path, key, extract)
+    if first == lineno:
+        return None
     seen = f"first on line {first}" if first is not None and first < lineno else "seen earlier"
     return SourceError(f"{path}:{lineno}: duplicate {kind} id {key!r} ({seen})")
+
+
+def _irds_duplicate(src: str, kind: str, n: int, key: str, convert, id_of) -> SourceError | None:
+    """Like `_duplicate` for an ir_datasets record #n (re-iterates the dataset up to it)."""
+    for m, record in enumerate(irds.iterate(src, kind, convert), 1):
+        if id_of(record) == key:
+            if m == n:
+                return None
+            break
+    what = "document" if kind == "docs" else "query"
+    return SourceError(f"{src}: {what} #{n}: duplicate {what} id {key!r}")
 
 
 # --------------------------------------------------------------------------- documents
@@ -83,22 +100,23 @@ def read_documents(
             doc_id, text, title = layout.split(path, lineno, line)
             return _check_id(doc_id, path, str(lineno), "document"), text, title
 
-    seen: set[str] = set()
+    seen = SeenIds()
     with blame_damaged_stream(path):
         for lineno, line in iter_lines(path):
             if lineno == header:
                 continue
             doc_id, text, title = parse(lineno, line)
-            if doc_id in seen:
-                raise _duplicate(path, lineno, "document", doc_id, lambda n, ln: parse(n, ln)[0])
-            seen.add(doc_id)
+            if seen.seen_before(doc_id):
+                error = _duplicate(path, lineno, "document", doc_id, lambda n, ln: parse(n, ln)[0])
+                if error is not None:
+                    raise error
             yield Document(doc_id, text, title)
     if not seen:
         raise SourceError(f"{path}: no documents (file is empty or has only blank lines)")
 
 
 def _irds_documents(src: str) -> Iterator[Document]:
-    seen: set[str] = set()
+    seen = SeenIds()
 
     def convert(record) -> Document:
         title = getattr(record, "title", "") or ""
@@ -107,9 +125,10 @@ def _irds_documents(src: str) -> Iterator[Document]:
     for n, doc in enumerate(irds.iterate(src, "docs", convert), 1):
         for field in ("doc_id", "text", "title"):
             check_text(getattr(doc, field), f"{src}: document #{n} ({ascii(doc.doc_id)}): {field}")
-        if doc.doc_id in seen:
-            raise SourceError(f"{src}: document #{n}: duplicate document id {doc.doc_id!r}")
-        seen.add(doc.doc_id)
+        if seen.seen_before(doc.doc_id):
+            error = _irds_duplicate(src, "docs", n, doc.doc_id, convert, lambda d: d.doc_id)
+            if error is not None:
+                raise error
         yield doc
     if not seen:
         raise SourceError(f"{src}: dataset has no documents")
@@ -150,7 +169,7 @@ def read_queries(src: Src, *, id_field: str = "_id", text_field: str = "text") -
     def extract(lineno: int, line: str) -> str:
         return parse(path, lineno, line, id_field, text_field)[0]
 
-    seen: set[str] = set()
+    seen = SeenIds()
     with blame_damaged_stream(path):
         for lineno, line in iter_lines(path):
             if lineno == header:
@@ -158,9 +177,10 @@ def read_queries(src: Src, *, id_field: str = "_id", text_field: str = "text") -
             query_id, text = parse(path, lineno, line, id_field, text_field)
             if not text.strip():
                 raise SourceError(f"{path}:{lineno}: query {query_id!r} has empty text")
-            if query_id in seen:
-                raise _duplicate(path, lineno, "query", query_id, extract)
-            seen.add(query_id)
+            if seen.seen_before(query_id):
+                error = _duplicate(path, lineno, "query", query_id, extract)
+                if error is not None:
+                    raise error
             yield Query(query_id, text)
     if not seen:
         raise SourceError(f"{path}: no queries (file is empty or has only blank lines)")
@@ -193,7 +213,7 @@ def _parse_tsv_query(path: Path, lineno: int, line: str, _id_field: str, _text_f
 
 
 def _irds_queries(src: str) -> Iterator[Query]:
-    seen: set[str] = set()
+    seen = SeenIds()
 
     def convert(record) -> Query:
         return Query(str(record.query_id), irds.record_text(record))
@@ -203,9 +223,10 @@ def _irds_queries(src: str) -> Iterator[Query]:
             check_text(getattr(query, field), f"{src}: query #{n} ({ascii(query.query_id)}): {field}")
         if not query.text.strip():
             raise SourceError(f"{src}: query #{n} ({query.query_id!r}) has empty text")
-        if query.query_id in seen:
-            raise SourceError(f"{src}: query #{n}: duplicate query id {query.query_id!r}")
-        seen.add(query.query_id)
+        if seen.seen_before(query.query_id):
+            error = _irds_duplicate(src, "queries", n, query.query_id, convert, lambda q: q.query_id)
+            if error is not None:
+                raise error
         yield query
     if not seen:
         raise SourceError(f"{src}: dataset has no queries")

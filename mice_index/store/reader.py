@@ -16,6 +16,7 @@ import zarr
 
 from mice_index.codec import Codec, Parts, codec_from_params
 from mice_index.errors import IndexBusyError, IndexError_
+from mice_index.sources import seen
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, is_locked  # noqa: F401
 from mice_index.store.manifest import index_info, read_manifest, verify_shards  # noqa: F401 (re-exported)
@@ -23,6 +24,10 @@ from mice_index.store.manifest import index_info, read_manifest, verify_shards  
 log = logging.getLogger(__name__)
 
 _MISSING = np.uint64(2**64 - 1)
+# a candidate index (bm25 / dense) up to this size has its crc32c checked at every open (~10-30 ms);
+# above it only file sizes, and `mice-index info --verify` checks the crc32c
+CANDIDATE_CRC_BYTES = 64 << 20
+GROUP_CACHE = 64  # Parquet row groups (≈ one encoded window of documents each) kept by IndexReader
 
 
 def load_codec(root: Path, manifest: dict[str, Any]) -> Codec:
@@ -200,16 +205,35 @@ class _Shard:
                 raise self.damaged(self.dir / L.STATES / k, f"holds {c.n} tokens, the offsets say {self.offsets[-1]}")
         return cols
 
-    def table(self, columns: list[str]):
+    def table(self, columns: list[str], group: int | None = None):
+        """The document table's `columns` (all rows, or row group `group` only)."""
         path = self.dir / L.DOCS
         try:
             # ParquetFile reads the file directly; read_table goes through pyarrow.dataset, whose
             # import pulls in pandas (a large share of a cold `search --query`)
-            return pq.ParquetFile(path, memory_map=True, page_checksum_verification=True).read(columns=columns)
+            f = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
+            return f.read(columns=columns) if group is None else f.read_row_group(group, columns=columns)
         except FileNotFoundError:
             raise self.damaged(path, "document table missing") from None
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
             raise self.damaged(path, f"cannot read document table ({str(exc).splitlines()[0][:120]})") from None
+
+    @cached_property
+    def group_starts(self) -> np.ndarray:
+        """First local row of each Parquet row group of the document table, plus num_docs [G + 1]
+        (the writer writes one row group per encoded window)."""
+        path = self.dir / L.DOCS
+        try:
+            meta = pq.ParquetFile(path, memory_map=True).metadata
+        except FileNotFoundError:
+            raise self.damaged(path, "document table missing") from None
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
+            raise self.damaged(path, f"cannot read document table ({str(exc).splitlines()[0][:120]})") from None
+        starts = np.zeros(meta.num_row_groups + 1, np.int64)
+        np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], out=starts[1:])
+        if starts[-1] != self.num_docs:
+            raise self.damaged(path, f"document table holds {starts[-1]} rows, the manifest says {self.num_docs}")
+        return starts
 
 
 class IndexReader:
@@ -221,7 +245,8 @@ class IndexReader:
         cols = list(self.codec.columns())
         self._shards = [_Shard(self.root, s, cols) for s in manifest["shards"]]
         self._starts = [s.start for s in self._shards]
-        self._tables: OrderedDict[int, Any] = OrderedDict()
+        self._groups: OrderedDict[tuple[int, int, bool], Any] = OrderedDict()  # row groups read lately
+        self._id_hashes: tuple[np.ndarray, np.ndarray] | None = None  # for row_of, built on first use
         self.verify_chunks = True  # check each touched chunk's crc32c (False: benchmarks only)
 
     @classmethod
@@ -270,17 +295,23 @@ class IndexReader:
                                  "non-finite stored states")
 
     def check_candidates(self, name: str) -> Path:
-        """The folder of candidate index `name` (bm25 / dense) after checking its files' sizes and
-        crc32c against the manifest (indexes built before these were recorded: not checked)."""
+        """The folder of candidate index `name` (bm25 / dense) after checking its files against
+        the manifest: every file's size, and, when the index's files total at most
+        CANDIDATE_CRC_BYTES, their crc32c too (a larger index would be read whole at every open;
+        `mice-index info --verify` checks every crc32c). Indexes built before these were recorded:
+        not checked."""
         folder = self.root / name
-        files = (self.manifest.get("candidates") or {}).get("files", {})
+        files = {rel: want for rel, want in ((self.manifest.get("candidates") or {}).get("files", {})).items()
+                 if rel.startswith(name + "/")}
+        deep = sum(want["bytes"] for want in files.values()) <= CANDIDATE_CRC_BYTES
         for rel, want in files.items():
-            if not rel.startswith(name + "/"):
-                continue
             path = self.root / rel
             if not path.is_file():
                 raise L.damaged(path, f"file of the {name} index missing", self.root)
-            if path.stat().st_size != want["bytes"] or L.crc32c_file(path) != want["crc32c"]:
+            if path.stat().st_size != want["bytes"]:
+                raise L.damaged(path, f"size mismatch in the {name} index ({path.stat().st_size} bytes, "
+                                f"expected {want['bytes']})", self.root)
+            if deep and L.crc32c_file(path) != want["crc32c"]:
                 raise L.damaged(path, f"checksum mismatch in the {name} index", self.root)
         return folder
 
@@ -301,26 +332,66 @@ class IndexReader:
         shard = np.searchsorted(np.asarray(self._starts), rows, side="right") - 1
         return shard, rows - np.asarray(self._starts, dtype=np.int64)[shard]
 
-    @cached_property
+    @property
     def doc_ids(self) -> list[str]:
+        """Every document id in row order. Reads every shard's id column into Python strings (for
+        tests and small tools); searching reads only the rows it needs (`doc_ids_of`)."""
         ids: list[str] = []
         for s in self._shards:
             ids.extend(s.table(["doc_id"]).column("doc_id").to_pylist())
         return ids
 
-    @cached_property
-    def _row_of(self) -> dict[str, int]:
-        return {d: i for i, d in enumerate(self.doc_ids)}
+    def _group(self, s: int, g: int, texts: bool):
+        """Row group g of shard s's document table: doc_id (+ title and text when `texts`), from a
+        small LRU cache (GROUP_CACHE row groups: memory independent of the corpus size)."""
+        key = (s, g, texts)
+        t = self._groups.get(key)
+        if t is None:
+            t = self._shards[s].table(["doc_id", "title", "text"] if texts else ["doc_id"], g)
+            self._groups[key] = t
+            if len(self._groups) > GROUP_CACHE:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(key)
+        return t
+
+    def _read_rows(self, rows, texts: bool) -> list[tuple[Any, int]]:
+        """(row-group table, row inside it) per row, in the order given; reads each group once."""
+        shard, local = self._locate(rows)
+        out, held = [], {}  # held: this call's groups (the LRU may evict them before the call ends)
+        for s, l in zip(shard.tolist(), local.tolist()):
+            starts = self._shards[s].group_starts
+            g = int(np.searchsorted(starts, l, side="right")) - 1
+            if (s, g) not in held:
+                held[s, g] = self._group(s, g, texts)
+            out.append((held[s, g], l - int(starts[g])))
+        return out
+
+    def doc_ids_of(self, rows) -> list[str]:
+        """The ids of `rows` (in the order given), reading only the Parquet row groups holding them."""
+        return [t.column("doc_id")[i].as_py() for t, i in self._read_rows(rows, texts=False)]
 
     def doc_id(self, row: int) -> str:
-        self._locate([row])
-        return self.doc_ids[int(row)]
+        return self.doc_ids_of([row])[0]
 
     def row_of(self, doc_id: str) -> int:
-        try:
-            return self._row_of[doc_id]
-        except KeyError:
-            raise IndexError_(f"{self.root}: no document with id {doc_id!r}") from None
+        """The row of `doc_id`; IndexError_ if the index has no such document. The first call
+        builds a sorted table of 64-bit id hashes (16 bytes per document: ~16 MB per million),
+        reading every id once; only --remove-query and MiceReranker look rows up by id."""
+        if self._id_hashes is None:
+            hashes = np.empty(self.num_docs, np.int64)
+            for s in self._shards:
+                col = s.table(["doc_id"]).column("doc_id").to_pylist()
+                hashes[s.start: s.start + len(col)] = np.fromiter(map(seen.id_hash, col), np.int64, len(col))
+            order = np.argsort(hashes, kind="stable")
+            self._id_hashes = (hashes[order], order)
+        hashes, order = self._id_hashes
+        h = seen.id_hash(doc_id)
+        lo, hi = np.searchsorted(hashes, h, side="left"), np.searchsorted(hashes, h, side="right")
+        for row in order[lo:hi].tolist():  # usually one row; more only for a hash collision
+            if self.doc_id(row) == doc_id:
+                return int(row)
+        raise IndexError_(f"{self.root}: no document with id {doc_id!r}")
 
     # -- states --
     def _by_shard(self, rows):
@@ -405,22 +476,9 @@ class IndexReader:
         return np.stack([mats[s][l] for s, l in zip(shard, local)]).astype(np.float32)
 
     # -- texts --
-    def _table(self, s: int):
-        if s not in self._tables:
-            self._tables[s] = self._shards[s].table(["doc_id", "title", "text"])
-            if len(self._tables) > 8:
-                self._tables.popitem(last=False)
-        self._tables.move_to_end(s)
-        return self._tables[s]
-
     def texts(self, rows) -> list[tuple[str, str]]:
-        """(title, text) per row."""
-        shard, local = self._locate(rows)
-        out = []
-        for s, l in zip(shard, local):
-            t = self._table(int(s))
-            out.append((t.column("title")[int(l)].as_py(), t.column("text")[int(l)].as_py()))
-        return out
+        """(title, text) per row, reading only the Parquet row groups holding them."""
+        return [(t.column("title")[i].as_py(), t.column("text")[i].as_py()) for t, i in self._read_rows(rows, True)]
 
     def iter_texts(self, title_sep: str = " "):
         """Every document's title + text in row order (streams shard tables; for BM25)."""

@@ -71,10 +71,11 @@ class ShardWriter:
 
     def _add(self, win: EncodedWindow) -> None:
         assert win.start_row == self.start_row + self.num_docs, (win.start_row, self.start_row, self.num_docs)
-        parts = self.codec.encode(win.states)
+        parts = win.parts if win.parts is not None else self.codec.encode(win.states)
+        assert parts.keys() == self.columns.keys(), (sorted(parts), sorted(self.columns))
         for k, a in parts.items():
             self.pending[k].append(a)
-        self.pending_tokens += win.states.shape[0]
+        self.pending_tokens += int(win.lengths.sum())
         self._flush(final=False)
         n = len(win.docs)
         self.docs.write_table(pa.table({
