@@ -161,8 +161,9 @@ class _Builder:
                                   f"{m['format_version']}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
                                   "to rebuild it")
             keys = [*self.settings, *(["prune"] if "prune" not in self.settings else [])]  # absent = none
-            diff = {k: (m["settings"].get(k), self.settings.get(k)) for k in keys
-                    if m["settings"].get(k) != self.settings.get(k)}
+            absent = {"prune": "none"}  # a setting recorded only when not its default
+            diff = {k: (m["settings"].get(k, absent.get(k)), self.settings.get(k, absent.get(k))) for k in keys
+                    if m["settings"].get(k, absent.get(k)) != self.settings.get(k, absent.get(k))}
             if diff:
                 what = ", ".join(f"{k}: index {a!r} vs now {b!r}" for k, (a, b) in diff.items())
                 raise IndexError_(f"{root}: unfinished index was started with other settings ({what}); "

@@ -24,7 +24,7 @@ from mice_index.choices import CANDIDATES, RERANKERS
 from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
-from mice_index.scorer import MiceScorer, ScorerConfig
+from mice_index.scorer import MiceScorer, ScorerConfig, encode_queries_alone
 from mice_index.sources import Query
 from mice_index.text import check_text
 
@@ -122,7 +122,7 @@ class Searcher:
                 or self.config.candidates == "bm25":
             return None
         with torch.inference_mode():
-            return self.model.encode_queries(list(texts))
+            return encode_queries_alone(self.model, list(texts))
 
     def candidates(self, texts: Sequence[str], depth: int,
                    query_states: tuple[torch.Tensor, torch.Tensor] | None = None) -> Candidates:

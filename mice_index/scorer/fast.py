@@ -26,6 +26,7 @@ tests/test_scorer.py checks both paths against `Interaction.forward`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mice_index.model import Attention, Interaction, LateInteraction, key_padding_mask, query_self_mask
 
@@ -46,7 +47,7 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
     late_q = inter.late.query(q, q_mask) if inter.late is not None else None  # ([Q,Tq,D], [Q,Tq])
     if len(inter.layers) == 1:  # the [CLS] of a single interaction layer never sees the document
         late = _late(late_q, pair_query, docs, d_mask, _products(docs, late_q[0], pair_query)) if late_q else 0.0
-        return inter.score_cls(q, self_mask)[pair_query] + late
+        return _score_cls(inter, q, self_mask)[pair_query] + late
     first, *middle = inter.layers[:-1]
     x = first.self_attn(q, q, self_mask)  # once per query
     x, extra, finite = _cross(first.cross_attn, x, pair_query, docs, keys_mask, late_q[0] if late_q else None)
@@ -59,7 +60,17 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
         x = layer.ffn(_cross(layer.cross_attn, x, every, docs, keys_mask)[0])
     # a non-finite document state gives a NaN score (the scorer then names the damaged shard) even
     # where later kernels would not propagate it (dynamic int8 quantization clamps NaN to a number)
-    return torch.where(finite, inter.score_cls(x, pair_self_mask) + late, torch.nan)
+    return torch.where(finite, _score_cls(inter, x, pair_self_mask) + late, torch.nan)
+
+
+def _score_cls(inter: Interaction, x: torch.Tensor, self_mask: torch.Tensor) -> torch.Tensor:
+    """`Interaction.score_cls` with the pooler and head in fp32 whatever the compute dtype: a
+    bf16 score has ~3 significant digits (scores near 10 fall on a 0.06 grid and tie)."""
+    last = inter.layers[-1]
+    cls = last.ffn(last.self_attn(x[:, :1], x, self_mask[:, :, :1, :]))[:, 0].float()
+    if inter.pooler is not None:
+        cls = torch.tanh(F.linear(cls, inter.pooler.weight.float(), inter.pooler.bias.float()))
+    return F.linear(cls, inter.head.weight.float(), inter.head.bias.float()).squeeze(-1)
 
 
 def _late(late_q: tuple[torch.Tensor, torch.Tensor], pair_query: torch.Tensor, docs: torch.Tensor,
@@ -68,7 +79,7 @@ def _late(late_q: tuple[torch.Tensor, torch.Tensor], pair_query: torch.Tensor, d
     [Q,Tq,D], weights [Q,Tq]) and `products` [P,Td,Tq] of document states with those tokens."""
     inv_norm = 1.0 / torch.linalg.vector_norm(docs, dim=-1).clamp_min(1e-12)  # as F.normalize
     sim = (products * inv_norm[:, :, None]).transpose(1, 2)  # [P,Tq,Td] cosines
-    return LateInteraction.combine(sim, late_q[1][pair_query], d_mask)
+    return LateInteraction.combine(sim.float(), late_q[1][pair_query].float(), d_mask)  # summed in fp32
 
 
 def _products(docs: torch.Tensor, mats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
