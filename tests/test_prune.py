@@ -120,6 +120,10 @@ def test_cli_bad_prune_and_quantize_are_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "i").exists()
     cli_one_line(monkeypatch, capsys, ["search", "--index", str(tmp_path / "i"), "--query", "bees",
                                        "--quantize", "int4"], "--quantize must be one of auto, none, int8")
+    cli_one_line(monkeypatch, capsys, ["search", "--index", str(tmp_path / "i"), "--query", "bees",
+                                       "--dtype", "fp16"], "--dtype must be auto, fp32 or bf16, got 'fp16'")
+    cli_one_line(monkeypatch, capsys, ["search", "--index", str(tmp_path / "i"), "--query", "bees",
+                                       "--device", "tpu"], "--device must be auto, cpu or cuda, got 'tpu'")
 
 
 def test_int8_scores_stay_close_and_keep_the_exact_path_exact(pruned):

@@ -23,14 +23,21 @@ QUANTIZE_HELP = ("MICE interaction layers: auto (int8 when scoring in fp32 on a 
 SNIPPET_WIDTH = 90  # characters of snippet in the printed table (JSON: 200)
 
 
+def check_dtype_device(dtype: str, device: str) -> None:
+    """One line naming the bad option (SearchError)."""
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise SearchError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise SearchError(f"--device must be auto, cpu or cuda, got {device!r}")
+
+
 def search_config(candidates: str, depth: int | None, rerank: str, dtype: str, device: str,
                   alpha: float | None = None, remove_query: bool = False, quantize: str = "auto"):
     """The SearchConfig for the CLI's search options (`search` and `serve` share them)."""
     from mice_index.scorer import ScorerConfig
     from mice_index.search import SearchConfig
 
-    if dtype not in ("auto", "fp32", "bf16") or device not in ("auto", "cpu", "cuda"):
-        raise SearchError(f"--dtype must be auto|fp32|bf16 and --device auto|cpu|cuda (got {dtype}, {device})")
+    check_dtype_device(dtype, device)
     return SearchConfig(candidates=candidates, depth=depth, rerank=rerank, alpha=alpha,  # type: ignore[arg-type]
                         remove_query_id=remove_query,
                         scorer=ScorerConfig(dtype=dtype, device=device, quantize=quantize))  # type: ignore[arg-type]
@@ -70,8 +77,7 @@ def search_command(
         raise SearchError("give exactly one of --query (one query) or --queries (batch, with --run)")
     if queries is not None and run is None:
         raise SearchError("--queries needs --run FILE to write the TREC run to")
-    if dtype not in ("auto", "fp32", "bf16") or device not in ("auto", "cpu", "cuda"):
-        raise SearchError(f"--dtype must be auto|fp32|bf16 and --device auto|cpu|cuda (got {dtype}, {device})")
+    check_dtype_device(dtype, device)
     if remove_query and query is not None:
         raise SearchError("--remove-query applies to --queries (batch mode) only; one --query has no query id")
     if explain and query is None:

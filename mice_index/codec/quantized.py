@@ -92,7 +92,8 @@ class _PQFamily(Codec):
 
     def _need(self, x: np.ndarray, k: int, what: str) -> None:
         if x.shape[0] < k:
-            raise CodecError(f"codec {self.name!r}: fit sample has {x.shape[0]} tokens, {what} needs >= {k}")
+            raise CodecError(f"codec {self.name!r}: fit sample has {x.shape[0]} tokens, {what} needs >= {k} "
+                             "(a larger corpus, or an untrained codec such as --codec fp16 or int8-dim)")
 
     def _normalise(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray((x - self.mean) / self.std, dtype=F32)
