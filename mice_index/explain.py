@@ -144,10 +144,11 @@ class Explainer:
             attn = maxsim_matches(m.interaction.late, q_states, q_mask, docs, d_mask).numpy()  # [B,Tq,Td]
         else:
             attn = cross_attention(m.interaction, q_states, q_mask, docs, d_mask).numpy()
-        full = np.zeros((*attn.shape[:2], max(len(ids) for ids in d_enc["input_ids"])), attn.dtype)
-        for i, k in enumerate(kept):  # pruned tokens (--prune) were never read: weight 0
-            full[i][:, k] = attn[i, :, : k.size]
-        attn = full
+        if self.pruner.active:  # map stored tokens back to text positions; pruned ones were never read
+            full = np.zeros((*attn.shape[:2], max(len(ids) for ids in d_enc["input_ids"])), attn.dtype)
+            for i, k in enumerate(kept):
+                full[i][:, k] = attn[i, :, : k.size]
+            attn = full
         out = []
         for i, text in enumerate(texts):
             forms = _content_words(_words(d_enc, i, text))  # {lowercase form: (surface, spans, pieces)}

@@ -102,12 +102,13 @@ class MiceScorer:
         flat_rows = np.concatenate([np.asarray(c, dtype=np.int64) for c in candidates] or [[]])
         out = np.empty(len(flat_rows), dtype=np.float32)
         if len(flat_rows):
-            plan = self._plan(flat_q, flat_rows)
+            lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
+            plan = self._plan(flat_q, flat_rows, lengths)
             if query_states is None:
                 q_states, q_mask = encode_queries_alone(self.model, list(queries))  # bottom once per query
             else:
                 q_states, q_mask = query_states[0].to(self.device, self.dtype), query_states[1].to(self.device)
-            for batch in self._prefetched(plan, flat_rows):
+            for batch in self._prefetched(plan, flat_rows, lengths):
                 out[batch.pairs] = self._score_batch(q_states, q_mask, flat_q[batch.pairs], batch)
                 self.release(batch)  # _score_batch synchronised with the device (.cpu())
             if not np.isfinite(out).all():
@@ -115,13 +116,14 @@ class MiceScorer:
         bounds = np.cumsum([0] + [len(c) for c in candidates])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _plan(self, flat_q: np.ndarray, flat_rows: np.ndarray) -> list[np.ndarray]:
+    def _plan(self, flat_q: np.ndarray, flat_rows: np.ndarray, lengths: np.ndarray | None = None) -> list[np.ndarray]:
         """Pair positions per batch: longest documents first (little padding per batch), cut by the
         token budget. Batches never mix queries, so a query's scores do not depend on which other
         queries were searched with it: with bf16 a product's rounding depends on its shape, and with
         int8 the activations are scaled per batch (measured: mixing moved scores by up to 0.06 in
-        bf16 and 0.37 in int8)."""
-        lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
+        bf16 and 0.37 in int8). `lengths`: the rows' token counts, if already known."""
+        if lengths is None:
+            lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
         groups = [np.nonzero(flat_q == q)[0] for q in np.unique(flat_q)]
         plan = []
         for group in groups:
@@ -130,11 +132,10 @@ class MiceScorer:
                      for b in (order[s] for s in _token_batches(lengths[order], self.config.batch_tokens))]
         return plan
 
-    def _load(self, pairs: np.ndarray, flat_rows: np.ndarray) -> _Batch:
+    def _load(self, pairs: np.ndarray, flat_rows: np.ndarray, flat_lengths: np.ndarray) -> _Batch:
         """Read, decode and pad the states of one planned batch into a reused host buffer (a fresh
         [B,Tmax,D] allocation costs page faults on every batch), then move it to the device."""
-        rows = flat_rows[pairs].tolist()
-        lengths = np.asarray(self.reader.lengths(rows), dtype=np.int64)
+        rows, lengths = flat_rows[pairs].tolist(), flat_lengths[pairs]
         B, T, D = len(rows), max(1, int(lengths.max())), self.model.config.hidden_size
         buffer = self._buffer(B * T * D)
         host = buffer[0][: B * T * D].view(B, T, D)
@@ -176,13 +177,14 @@ class MiceScorer:
     def prepare(self, rows: Sequence[int]) -> list[_Batch]:
         """The batches of one query's candidate rows, read in this thread (benchmarks: stage timing)."""
         rows = np.asarray(rows, dtype=np.int64)
-        return [self._load(pairs, rows) for pairs in self._plan(np.zeros(len(rows), np.int64), rows)]
+        lengths = np.asarray(self.reader.lengths(rows.tolist()), dtype=np.int64)
+        return [self._load(pairs, rows, lengths) for pairs in self._plan(np.zeros(len(rows), np.int64), rows, lengths)]
 
-    def _prefetched(self, plan: list[np.ndarray], flat_rows: np.ndarray) -> Iterator[_Batch]:
+    def _prefetched(self, plan: list[np.ndarray], flat_rows: np.ndarray, lengths: np.ndarray) -> Iterator[_Batch]:
         """Read + decode + pad the planned batches in a background thread, `prefetch` ahead (0: in
         this thread, one batch at a time)."""
         if self.prefetch <= 0:
-            yield from (self._load(pairs, flat_rows) for pairs in plan)
+            yield from (self._load(pairs, flat_rows, lengths) for pairs in plan)
             return
         results: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         stop = threading.Event()
@@ -192,7 +194,7 @@ class MiceScorer:
                 for pairs in plan:
                     if stop.is_set():
                         return
-                    results.put(self._load(pairs, flat_rows))
+                    results.put(self._load(pairs, flat_rows, lengths))
                 results.put(None)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
                 results.put(exc)
