@@ -7,7 +7,7 @@ Documents are integer rows 0..N-1 in corpus order; results are :class:`Candidate
 from mice_index.candidates.base import CandidateGenerator, Candidates
 from mice_index.candidates.bm25 import BM25Config, BM25Index
 from mice_index.candidates.dense import DenseConfig, DenseIndex, DenseIndexBuilder
-from mice_index.candidates.hybrid import HybridConfig, fuse, interpolate
+from mice_index.candidates.hybrid import HybridConfig, fuse, fuse_lists, interpolate
 from mice_index.candidates.vectors import StoredVectors
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "HybridConfig",
     "StoredVectors",
     "fuse",
+    "fuse_lists",
     "interpolate",
 ]

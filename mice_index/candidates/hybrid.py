@@ -1,6 +1,6 @@
-"""Fusion of two candidate lists (typically BM25 + dense) into one.
+"""Fusion of candidate lists (typically BM25 + dense; any number with :func:`fuse_lists`) into one.
 
-Methods, per query, over the union of both lists (padding ignored):
+Methods, per query, over the union of the lists (padding ignored):
 
 - ``rrf``:    sum over lists of ``1 / (rrf_k + rank)``, rank 1-based; absent from a list -> 0.
 - ``zscore``: sum of per-list z-normalised scores ``(s - mean) / std`` (mean/std over that list's
@@ -17,6 +17,7 @@ Ties in the fused score are broken by lower row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,22 +79,43 @@ def fuse(
     missing: Missing = "min",
 ) -> Candidates:
     """Fuse two [Q, *] candidate lists into a [Q, k] one (padded with -1 / -inf)."""
+    return fuse_lists([a, b], method, k, rrf_k, missing)
+
+
+def fuse_lists(
+    lists: Sequence[Candidates],
+    method: FusionMethod = "zscore",
+    k: int = 100,
+    rrf_k: int = 60,
+    missing: Missing = "min",
+    weights: Sequence[float] | None = None,
+) -> Candidates:
+    """Fuse any number of [Q, *] candidate lists into a [Q, k] one (padded with -1 / -inf).
+
+    Per query, each list's scores are normalised by ``method`` over that list; a document absent
+    from a list gets that list's lowest normalised value (``missing="min"``) or 0; the fused score
+    is the ``weights``-weighted sum (default: all 1), over the union of the lists' documents.
+    Ties: lower row first. SearchError for unknown methods, mismatched query counts, k < 1 or a
+    weight count other than the list count."""
     if method not in _NORMALISERS:
         raise SearchError(f"fusion method must be one of {tuple(_NORMALISERS)}, got {method!r}")
-    if a.rows.shape[0] != b.rows.shape[0]:
-        raise SearchError(f"fusion: {a.rows.shape[0]} vs {b.rows.shape[0]} queries")
+    if not lists or any(c.rows.shape[0] != lists[0].rows.shape[0] for c in lists):
+        raise SearchError(f"fusion: query counts differ ({[c.rows.shape[0] for c in lists]})")
     if k < 1:
         raise SearchError(f"fusion k must be >= 1, got {k}")
+    weights = [1.0] * len(lists) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(lists):
+        raise SearchError(f"fusion: {len(weights)} weights for {len(lists)} lists")
     norm = _NORMALISERS[method]
-    out = Candidates.empty(a.rows.shape[0], k)
-    for q in range(a.rows.shape[0]):
+    out = Candidates.empty(lists[0].rows.shape[0], k)
+    for q in range(out.rows.shape[0]):
         parts = []
-        for cand in (a, b):
+        for cand, w in zip(lists, weights):
             ok = cand.rows[q] >= 0
             rows, scores = cand.rows[q][ok], cand.scores[q][ok].astype(np.float64)
-            if rows.size:
+            if rows.size and w:
                 values, absent = norm(scores, rrf_k)
-                parts.append((rows, values, absent if missing == "min" else 0.0))
+                parts.append((rows, w * values, w * absent if missing == "min" else 0.0))
         if not parts:
             continue
         union = np.unique(np.concatenate([p[0] for p in parts]))

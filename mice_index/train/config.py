@@ -16,7 +16,8 @@ from typing import Literal
 from mice_index.errors import MiceIndexError
 
 LossName = Literal["marginmse", "kl"]
-TeacherKind = Literal["hybrid", "cross-encoder", "file"]
+TeacherKind = Literal["ensemble", "hybrid", "cross-encoder", "file"]
+TEACHER_MEMBERS = ("bm25", "dense", "splade", "e5")  # mice_index.train.members.MEMBERS
 TeacherFormat = Literal["msmarco-tsv", "jsonl"]
 
 
@@ -61,6 +62,10 @@ class DataSpec:
     hard_negatives: int = 7  # of list_size - 1 negatives, this many from the top of the fused list
     dev_candidates: int = 20  # candidates re-ranked per dev query
     require_source_in_candidates: bool = True  # drop pseudo-queries whose source doc is not mined
+    # of the hard negatives, this many are the init model's (the student's) own top-ranked documents
+    # among the teacher's top `student_depth`, instead of the teacher's top ones
+    student_negatives: int = 0
+    student_depth: int = 30
     # Inverse Cloze Task (Lee et al., ACL 2019): share of pseudo-queries whose words are cut out of
     # their source document (title, sentence and span kinds), so matching must go beyond copy detection
     ict: float = 0.0
@@ -69,7 +74,11 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TeacherSpec:
+    # "ensemble": weighted z-score fusion of `members` over the whole corpus (train/ensemble.py);
+    # "hybrid": the same with members bm25 + dense (the first stage itself, earlier default)
     kind: TeacherKind = "hybrid"
+    members: tuple[str, ...] = TEACHER_MEMBERS  # for kind="ensemble"
+    weights: tuple[float, ...] = ()  # one per member; () = equal weights
     path: str | None = None  # cross-encoder model (kind=cross-encoder) or scores file (kind=file)
     format: TeacherFormat = "msmarco-tsv"
     temperature: float = 1.0  # KL: teacher distribution softmax(score / temperature)
@@ -111,7 +120,13 @@ class TrainConfig:
             (o.loss in LossName.__args__, f"train.loss must be one of {LossName.__args__}, got {o.loss!r}"),
             (t.kind in TeacherKind.__args__, f"teacher.kind must be one of {TeacherKind.__args__}, got {t.kind!r}"),
             (t.format in TeacherFormat.__args__, f"teacher.format must be one of {TeacherFormat.__args__}"),
-            (t.kind == "hybrid" or t.path, f"teacher.kind={t.kind!r} needs teacher.path"),
+            (t.kind in ("hybrid", "ensemble") or t.path, f"teacher.kind={t.kind!r} needs teacher.path"),
+            (bool(t.members) and set(t.members) <= set(TEACHER_MEMBERS),
+             f"teacher.members must be a non-empty subset of {TEACHER_MEMBERS}, got {list(t.members)}"),
+            (not t.weights or (len(t.weights) == len(t.members) and min(t.weights) >= 0 and max(t.weights) > 0),
+             "teacher.weights: one non-negative weight per member (not all 0), or none for equal weights"),
+            (0 <= d.student_negatives <= d.hard_negatives, "data.student_negatives must be in 0..hard_negatives"),
+            (d.student_depth >= 2, "data.student_depth must be >= 2"),
             (t.temperature > 0, "teacher.temperature must be > 0"),
             (self.model.save_dtype in ("fp32", "fp16"), "model.save_dtype must be 'fp32' or 'fp16'"),
             (d.list_size >= 2, "data.list_size must be >= 2"),
@@ -142,8 +157,10 @@ def _build(cls, values: dict, where: str):
     for k, v in values.items():
         if k == "pseudo" and cls is DataSpec:
             v = _build(PseudoSpec, v, f"{where}.pseudo")
-        elif k == "corpora":
+        elif k in ("corpora", "members"):
             v = tuple([v] if isinstance(v, str) else v)
+        elif k == "weights":
+            v = tuple(v)
         out[k] = v
     return cls(**out)
 

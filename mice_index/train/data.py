@@ -4,9 +4,11 @@ Every route ends in the same `TrainingSet`: corpora (ids + texts, rows 0..N-1) a
 (query text, corpus, candidate rows, teacher scores; position 0 is the positive / teacher's best).
 
 Routes (see `build_training_set`):
-- pseudo-queries generated from each corpus's documents (`pseudo.py`), candidates mined with the
-  project's own first stage (BM25 + dense, z-score fused), labelled by the hybrid teacher (the
-  fused scores) or a cross-encoder; the source document is the known positive;
+- pseudo-queries generated from each corpus's documents (`pseudo.py`), candidates mined and
+  labelled by the ensemble teacher (`ensemble.py`: retrievers over the whole corpus, z-score
+  fused; kind "hybrid" = BM25 + dense, the first stage itself) or re-labelled by a cross-encoder;
+  the source document is the known positive; optionally some hard negatives are the student's own
+  top-ranked documents (`data.student_negatives`);
 - real queries from a queries file, mined and labelled the same way (no known positive);
 - a teacher-scores file (MS MARCO ensemble TSV or JSONL) with query and document texts read from
   local files or irds:.
@@ -88,8 +90,10 @@ def load_corpus(src: str, model, only: set[str] | None = None) -> Corpus:
 
 
 def _pick_list(rows: np.ndarray, scores: np.ndarray, positive: int | None, size: int, hard: int,
-               rng: np.random.Generator) -> tuple[list[int], list[float]] | None:
-    """Candidate list: positive (or the best) first, `hard` top-ranked negatives, random others."""
+               rng: np.random.Generator, student_top: list[int] = ()) -> tuple[list[int], list[float]] | None:
+    """Candidate list: positive (or the best) first, `hard` hard negatives (first the rows of
+    `student_top` -- the student's own best-ranked documents, in its order --, then the teacher's
+    top-ranked ones), then random others; each with its teacher score."""
     ok = rows >= 0
     rows, scores = rows[ok], scores[ok]
     if positive is None:
@@ -102,20 +106,67 @@ def _pick_list(rows: np.ndarray, scores: np.ndarray, positive: int | None, size:
     others = [i for i in range(rows.size) if rows[i] != positive]
     if len(others) < 1:
         return None
-    top = others[:hard]
-    rest = others[hard:]
+    at = {int(rows[i]): i for i in others}
+    top = list(dict.fromkeys([at[r] for r in student_top if r in at][:hard]))
+    top += [i for i in others if i not in set(top)][: hard - len(top)]
+    rest = [i for i in others if i not in set(top)]
     n_rand = min(len(rest), size - 1 - len(top))
     rand = sorted(rng.choice(len(rest), size=n_rand, replace=False).tolist()) if n_rand > 0 else []
     picked = [int(where[0]), *top, *(rest[i] for i in rand)]
     return [int(rows[i]) for i in picked], [float(scores[i]) for i in picked]
 
 
+def teacher_for(cfg: TrainConfig, corpus: Corpus, dense, depth: int, cache_root=None):
+    """The configured ensemble (kind 'hybrid': members bm25 + dense) over `corpus`."""
+    from mice_index.train.ensemble import FIRST_STAGE, EnsembleTeacher
+
+    t = cfg.teacher
+    members, weights = (t.members, t.weights) if t.kind == "ensemble" else (FIRST_STAGE, ())
+    return EnsembleTeacher(corpus.texts, members, weights, depth=depth, doc_ids=corpus.doc_ids,
+                           doc_embeddings=corpus.states.dense,
+                           embed_queries=lambda qs: T.dense_query_embeddings(*dense, qs),
+                           cache_root=cache_root, key=corpus.name)
+
+
+def student_rankings(model, corpus: Corpus, queries: list[str], rows: np.ndarray, batch_pairs: int = 512,
+                     block: int = 64) -> list[list[int]]:
+    """The student's (the model being trained, before training) ranking of each query's `rows`
+    [Q, k] (-1 padded), best first: MICE scores through the inference path (`scorer.fast`)."""
+    import torch
+
+    from mice_index.model import pad_states
+    from mice_index.scorer.fast import score_pairs
+
+    out: list[list[int]] = []
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for a in range(0, len(queries), block):
+            q_states, q_mask = model.encode_queries(queries[a:a + block])
+            pairs = [(q, int(r)) for q in range(q_states.shape[0]) for r in rows[a + q] if r >= 0]
+            scores = []
+            for b in range(0, len(pairs), batch_pairs):
+                part = pairs[b:b + batch_pairs]
+                docs, d_mask = pad_states(corpus.states.tensors([r for _, r in part]))
+                scores += score_pairs(model.interaction, q_states, q_mask, torch.tensor([q for q, _ in part]),
+                                      docs.to(q_states.dtype), d_mask).float().tolist()
+            ranked: list[list[tuple[float, int]]] = [[] for _ in range(q_states.shape[0])]
+            for (q, r), v in zip(pairs, scores):
+                ranked[q].append((-v, r))
+            out += [[r for _, r in sorted(x)] for x in ranked]
+    model.train(was)
+    return out
+
+
 def _mine_and_label(cfg: TrainConfig, corpus: Corpus, queries: list[str], positives: list[int | None],
-                    kinds: list[str], dense, cross, ci: int, dev_mask: list[bool]) -> tuple[list, list]:
+                    kinds: list[str], dense, cross, ci: int, dev_mask: list[bool], student=None,
+                    cache_root=None) -> tuple[list, list]:
     d = cfg.data
-    teacher = T.HybridTeacher(corpus.texts, corpus.states.dense, depth=min(d.depth, len(corpus.doc_ids)))
-    emb = T.dense_query_embeddings(*dense, queries)
-    _, _, fused = teacher.mine(queries, emb)
+    teacher = teacher_for(cfg, corpus, dense, min(d.depth, len(corpus.doc_ids)), cache_root)
+    fused = teacher.label(queries)
+    mine = student is not None and d.student_negatives > 0
+    ranked = (student_rankings(student, corpus, queries, fused.rows[:, : d.student_depth]) if mine
+              else [[] for _ in queries])
     train, dev = [], []
     for qi, (query, pos) in enumerate(zip(queries, positives)):
         rng = np.random.default_rng(_seed(cfg.train.seed, corpus.name, qi, "list"))
@@ -128,7 +179,9 @@ def _mine_and_label(cfg: TrainConfig, corpus: Corpus, queries: list[str], positi
             s = [float(x) for x in scores[ok][: d.dev_candidates]]
             picked = (r, s) if len(r) >= 2 else None
         else:
-            picked = _pick_list(rows, scores, pos, d.list_size, d.hard_negatives, rng)
+            hard = d.hard_negatives
+            student_top = [r for r in ranked[qi] if r != pos][: d.student_negatives]
+            picked = _pick_list(rows, scores, pos, d.list_size, hard, rng, student_top)
         if picked is None:
             continue
         r, s = picked
@@ -170,10 +223,12 @@ def _split(ids: list[str], fraction: float, seed: int) -> list[bool]:
     return [(_seed(seed, q, "dev") % 10_000) < fraction * 10_000 for q in ids]
 
 
-def build_training_set(cfg: TrainConfig, model, dense, attach_states) -> TrainingSet:
+def build_training_set(cfg: TrainConfig, model, dense, attach_states, cache_root=None) -> TrainingSet:
     """Build the examples of the configured route. `dense` = (bottom model, DenseTower) giving
     all-MiniLM-L6-v2 query embeddings; `attach_states(corpus)` sets corpus.states (bottom states +
-    dense document embeddings), needed for mining before labelling."""
+    dense document embeddings), needed for mining before labelling; `cache_root`: where ensemble
+    members cache their document representations (None: not cached). With
+    `data.student_negatives`, `model` (before training) ranks the teacher's top candidates."""
     d, t = cfg.data, cfg.teacher
     if not d.corpora:
         raise EmptyTrainingSetError("no corpora given (data.corpora / --corpus)")
@@ -193,7 +248,8 @@ def build_training_set(cfg: TrainConfig, model, dense, attach_states) -> Trainin
             dev_mask = _split([q.query_id for q in qs], d.dev_fraction, cfg.train.seed)
         else:
             texts, pos, kinds, dev_mask = pseudo_queries(cfg, corpus)
-        a, b = _mine_and_label(cfg, corpus, texts, pos, kinds, dense, cross, len(corpora), dev_mask)
+        a, b = _mine_and_label(cfg, corpus, texts, pos, kinds, dense, cross, len(corpora), dev_mask,
+                               student=model, cache_root=cache_root)
         log.info("%s: %d training, %d dev queries", corpus.name, len(a), len(b))
         corpora.append(corpus)
         train += a

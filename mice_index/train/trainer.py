@@ -126,7 +126,7 @@ class Trainer:
                 corpus.states = round_trip(corpus.states, cfg.model.train_codec)
             self._say(f"{corpus.name}: {len(corpus.doc_ids)} documents ready ({time.time() - t0:.0f}s)")
 
-        data = build_training_set(cfg, model, (dense_model, tower), attach)
+        data = build_training_set(cfg, model, (dense_model, tower), attach, cache_root=self.cache / "teacher")
         self._say(data.summary())
         return model, data
 
