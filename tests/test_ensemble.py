@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mice_index.candidates import Candidates, fuse, fuse_lists
 from mice_index.errors import MiceIndexError, SearchError
@@ -76,8 +77,23 @@ def test_ensemble_errors():
         EnsembleTeacher(DOCS, ("bm25", "dense"), (1.0,))
     with pytest.raises(MiceIndexError, match="dense embeddings"):
         EnsembleTeacher(DOCS, ("dense",))
+
+
+
+def test_missing_member_package(monkeypatch, caplog):
+    """A named member without its package: one error line with the install command; by default
+    (no members named) it is skipped with one warning line."""
+    from mice_index.train import members as M
+    from mice_index.train.data import default_members
+
+    monkeypatch.setitem(M.PACKAGES, "e5", ("no_such_module_here", "no-such-pkg"))
     with pytest.raises(MemberUnavailableError, match="pip install no-such-pkg"):
-        _need("no_such_module_here", "x", "no-such-pkg")
+        _need("e5")
+    with pytest.raises(MemberUnavailableError, match="pip install no-such-pkg"):
+        EnsembleTeacher(DOCS, ("bm25", "e5"))
+    with caplog.at_level("WARNING"):
+        assert default_members() == ("bm25", "dense", "splade")
+    assert "no-such-pkg" in caplog.text
 
 
 def test_config_checks_members_and_weights():
@@ -85,6 +101,8 @@ def test_config_checks_members_and_weights():
         load_config(None, ["teacher.kind='ensemble'", "teacher.members=['bm25','bert']"])
     with pytest.raises(TrainConfigError, match="teacher.weights"):
         load_config(None, ["teacher.kind='ensemble'", "teacher.members=['bm25','e5']", "teacher.weights=[1.0]"])
+    with pytest.raises(TrainConfigError, match="teacher.weights"):
+        load_config(None, ["teacher.kind='ensemble'", "teacher.weights=[1.0, 1.0]"])  # weights without members
     with pytest.raises(TrainConfigError, match="student_negatives"):
         load_config(None, ["data.hard_negatives=2", "data.student_negatives=3"])
     cfg = load_config(None, ["teacher.kind='ensemble'", "teacher.members=['bm25','splade']", "teacher.weights=[1, 2]"])
@@ -134,3 +152,31 @@ def test_ensemble_pseudo_route_with_student_negatives(route, tmp_path):
     assert list((tmp_path / "out" / "cache" / "teacher" / "splade").glob("big*/meta.json"))
     res = trainer.train(model, data)
     assert res.steps == 1
+
+
+def test_cli_adapts_the_shipped_model_to_a_corpus(tmp_path):
+    """`mice-index train --teacher ensemble --corpus C --init default`: the shipped model, adapted
+    without labels; the result is a delta over the same base model with changed weights."""
+    from typer.testing import CliRunner
+
+    from mice_index.cli import app
+    from mice_index.defaults import DEFAULT_MODEL_DIR
+    from mice_index.model import MiceModel
+
+    corpus = write_corpus(tmp_path / "mine.jsonl", n=24)
+    out = tmp_path / "adapted"
+    res = CliRunner().invoke(app, [
+        "train", "--teacher", "ensemble", "--corpus", str(corpus), "--init", "default", "--output", str(out),
+        "--steps", "2", "--quiet", "--set", "data.max_queries_per_corpus=8", "--set", "data.dev_queries_per_corpus=2",
+        "--set", "data.depth=20", "--set", "data.dev_candidates=5", "--set", "train.threads=1",
+        "--set", "teacher.members=['bm25','dense','splade']"])
+    assert res.exit_code == 0, res.output
+    shipped, adapted = MiceModel.load(DEFAULT_MODEL_DIR), MiceModel.load(out / "model")
+    assert adapted.fingerprint() == shipped.fingerprint()  # same bottom: existing indexes stay valid
+    assert adapted.config.score_head == shipped.config.score_head
+    a, b = shipped.state_dict(), adapted.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("interaction."))
+    assert list((out / "cache" / "teacher" / "splade").glob("mine*/meta.json"))
+    bad = CliRunner().invoke(app, ["train", "--teacher", "ensemble", "--corpus", str(corpus), "--init", "default",
+                                   "--output", str(tmp_path / "x"), "--set", "teacher.members=['bm25','t5']"])
+    assert bad.exit_code != 0 and "teacher.members" in str(bad.exception)

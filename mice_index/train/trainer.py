@@ -44,9 +44,11 @@ class ResumeError(ModelError):
 
 def init_model(cfg: TrainConfig) -> MiceModel:
     m = cfg.model
+    from mice_index.defaults import DEFAULT_MODEL_DIR
     from mice_index.model import resolve_model_path
 
-    path = resolve_model_path(m.init)
+    # "default": the shipped model (domain adaptation: `train --init default --corpus MY_CORPUS`)
+    path = DEFAULT_MODEL_DIR if m.init == "default" else resolve_model_path(m.init)
     if (path / CONFIG_NAME).exists():
         model = MiceModel.load(path)
     else:
