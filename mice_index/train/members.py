@@ -215,7 +215,7 @@ class SpladeMember:
         k = min(k, self.docs.shape[0])
         out = Candidates.empty(len(queries), k)
         for a, b in _batches(len(queries), 64, None):
-            q = self._vectors(queries[a:b], 64).numpy()  # [B, V] dense
+            q = self._vectors(queries[a:b], SPLADE_MAX_TOKENS).numpy()  # [B, V] dense
             scores = (self.docs @ q.T).T  # [B, N]
             for i, s in enumerate(np.asarray(scores)):
                 rows, vals = topk_rows(s.astype(np.float32), k, keep=s > 0)
