@@ -1,7 +1,7 @@
 """Domain adaptation without labels, measured: adapt a MICE model to each dev corpus in turn.
 
     .venv/bin/python benchmarks/adapt.py [--init default] [--collections cranfield,...] \
-        [--steps 150] [--queries 400] [--members bm25,dense,splade] [--threads 1] \
+        [--steps 150] [--queries 400] [--members bm25,dense] [--threads 1] \
         [--cache /tmp/mice-train-cache] [--work runs/adapt] [--out benchmarks/results/adapt.json]
 
 For each collection: the trainer of `mice-index train --teacher ensemble --corpus <collection>
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--collections", default=",".join(ALL))
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--queries", type=int, default=400, help="pseudo-queries (documents sampled) per corpus")
-    p.add_argument("--members", default="bm25,dense,splade")
+    p.add_argument("--members", default="bm25,dense")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], help="further section.key=value overrides")
     p.add_argument("--cache", type=Path, default=Path("/tmp/mice-train-cache"))

