@@ -61,7 +61,7 @@ def main() -> None:
             f"output={str(args.work / name)!r}", f"cache_dir={str(args.cache)!r}", f"model.init={args.init!r}",
             f"data.corpora=[{str(folder)!r}]", f"data.max_queries_per_corpus={args.queries}",
             "data.dev_queries_per_corpus=8", "data.ict=0.9", "data.list_size=12", "data.hard_negatives=6",
-            "data.student_negatives=3", "teacher.kind='ensemble'", f"teacher.members={args.members.split(',')!r}",
+            "data.student_negatives=3", "data.student_depth=100", "teacher.kind='ensemble'", f"teacher.members={args.members.split(',')!r}",
             "teacher.temperature=1.5", "teacher.positive_bonus=3.0", f"train.steps={args.steps}",
             "train.eval_every=100000", f"train.checkpoint_every={args.steps}", f"train.threads={args.threads}",
             "train.lr=1e-4", "train.head_lr=5e-4", "train.late_lr=5e-4", "train.warmup=20", *args.set])
