@@ -45,6 +45,14 @@ CONFIG_NAME = "mice_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 SCORE_HEADS = ("cls", "cls+maxsim")
+# What the [CLS] does in a cross-attention sublayer (`MiceConfig.cls_cross_attention`):
+#   "skip"    the paper's: it takes no part; its state passes unchanged.
+#   "attend"  it attends to the document tokens like a query token (the reference code's
+#             mask_cls_to_doc = false, its default).
+#   "mean"    its row is fully masked, which gives equal weights to the document's tokens (the
+#             reference code's mask_cls_to_doc = true); in the last layer of the self-attention-
+#             first order the reference skips it instead.
+CLS_MODES = ("skip", "attend", "mean")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,6 +85,13 @@ class Attention(nn.Module):
         ctx = ctx.transpose(1, 2).reshape(x.shape)
         return self.norm(x + self.dropout(self.out(ctx)))
 
+    def uniform(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The sublayer with equal attention weights over the unmasked keys (a fully masked row in
+        the reference code: every logit is the dtype's minimum): x [B,1,D], mask [B,1,1,Tkv]."""
+        keep = (mask[:, 0, 0] == 0).to(kv.dtype)  # [B,Tkv]
+        avg = (keep[:, :, None] * kv).sum(1, keepdim=True) / keep.sum(1).clamp_min(1)[:, None, None]
+        return self.norm(x + self.dropout(self.out(self.value(avg))))
+
 
 class FeedForward(nn.Module):
     """BERT feed-forward sublayer: LN(x + W_2 · gelu(W_1 x))."""
@@ -104,22 +119,41 @@ class EncoderLayer(nn.Module):
 
 
 class InteractionLayer(nn.Module):
-    """Query self-attention -> cross-attention to frozen document states -> feed-forward."""
+    """Query self-attention -> cross-attention to frozen document states -> feed-forward (the
+    paper's order), or cross-attention first (`cross_first`, the reference code's default)."""
 
-    def __init__(self, cfg: MiceConfig):
+    def __init__(self, cfg: MiceConfig, index: int = 0):
         super().__init__()
         self.self_attn, self.cross_attn, self.ffn = Attention(cfg), Attention(cfg), FeedForward(cfg)
 
-    def forward(self, q, self_mask, docs, cross_mask):
-        # q [B,Tq,D]; docs [B,Td,D] (read-only); self_mask [B,1,Tq,Tq]; cross_mask [B,1,1,Td]
-        q = self.self_attn(q, q, self_mask)
+    def forward(self, q, self_mask, docs, cross_mask, cls_mode: str = "skip", cross_first: bool = False,
+                last: bool = False):
+        # q [B,Tq,D]; docs [B,Td,D] (read-only); self_mask [B,1,Tq,Tq]; cross_mask [B,1,1,Td].
+        # `last`: only the [CLS] row reaches the score, so only it is computed -> [B,1,D].
+        if cross_first:
+            q = self.cross(q, docs, cross_mask, cls_mode)
+            q = self.self_attn(q[:, :1], q, self_mask[:, :, :1]) if last else self.self_attn(q, q, self_mask)
+        else:
+            q = self.self_attn(q[:, :1], q, self_mask[:, :, :1]) if last else self.self_attn(q, q, self_mask)
+            # the reference code skips the last layer's cross-attention of a masked [CLS]
+            q = self.cross(q, docs, cross_mask, "skip" if last and cls_mode == "mean" else cls_mode)
+        return self.ffn(q)
+
+    def cross(self, q, docs, cross_mask, cls_mode: str = "skip"):
+        """Cross-attention sublayer; the [CLS] (row 0) as `cls_mode` says (see `CLS_MODES`)."""
+        if cls_mode == "skip" and q.shape[1] == 1:  # the [CLS] row alone
+            return q
         crossed = self.cross_attn(q, docs, cross_mask)
+        if cls_mode == "attend":
+            return crossed
+        if cls_mode == "mean":
+            cls = self.cross_attn.uniform(q[:, :1], docs, cross_mask)
+            return torch.cat([cls, crossed[:, 1:]], dim=1)
         # The [CLS] (position 0) takes no part in cross-attention: its state passes unchanged, so
         # it learns about the document only through the query tokens of the next layer.
         is_token = torch.ones_like(q[:1, :, :1])
         is_token[:, 0] = 0
-        q = torch.where(is_token.bool(), crossed, q)
-        return self.ffn(q)
+        return torch.where(is_token.bool(), crossed, q)
 
 
 class Embeddings(nn.Module):
@@ -143,10 +177,12 @@ def key_padding_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         mask == 0, torch.finfo(dtype).min)[:, None, None, :]
 
 
-def query_self_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B,Tq] -> additive [B,1,Tq,Tq]: query tokens may not attend to the [CLS]; the [CLS] may."""
+def query_self_mask(mask: torch.Tensor, dtype: torch.dtype, to_cls: bool = False) -> torch.Tensor:
+    """[B,Tq] -> additive [B,1,Tq,Tq]: query tokens may not attend to the [CLS] (unless `to_cls`,
+    the reference code's mask_query_to_cls = false); the [CLS] may."""
     allowed = (mask[:, None, :] != 0).expand(-1, mask.shape[1], -1).clone()  # [B,Tq(row),Tq(key)]
-    allowed[:, 1:, 0] = False
+    if not to_cls:
+        allowed[:, 1:, 0] = False
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
         ~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -183,10 +219,34 @@ class MiceConfig:
     # and how it was chosen; None: pure MICE
     recommended_alpha: float | None = None
     recommended_alpha_note: str | None = None
+    # layer options of the authors' reference code (xpmir/mice, src/MICE/modeling/mice.py); the
+    # defaults are the paper's text. See README "Using the authors' MICE models".
+    cross_attn_first: bool = False  # interaction layers: cross-attention before self-attention
+    cls_cross_attention: str = "skip"  # one of CLS_MODES
+    mask_query_to_cls: bool = True  # query tokens may not attend to the [CLS]
+    shared_bottom: bool = True  # one bottom for queries and documents, else two (shared embeddings)
+    doc_fusion_layer: int | None = None  # document-side bottom depth (separate bottoms); None: ℓ*
+    # the family's HF backbone config, for families whose architecture the fields above do not
+    # describe (modernbert); None for bert
+    backbone: dict | None = None
+    # modernbert: sliding-window attention in the bottom's local layers, as transformers runs it;
+    # False: full attention in every layer, as the reference code runs it
+    local_attention: bool = False
+
+    @property
+    def doc_layers(self) -> int:
+        """Bottom layers of the document side: the depth of the stored states."""
+        return self.doc_fusion_layer or self.fusion_layer
+
+    @property
+    def is_paper_form(self) -> bool:
+        """The paper's interaction (the default options), which `scorer/fast.py` rewrites."""
+        return (self.family == "bert" and not self.cross_attn_first and self.cls_cross_attention == "skip"
+                and self.mask_query_to_cls)
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ModelError(f"unsupported model family {self.family!r}; supported: {sorted(FAMILIES)}")
+        if self.family not in ARCHITECTURES:
+            raise ModelError(f"unsupported model family {self.family!r}; supported: {sorted(ARCHITECTURES)}")
         if not 1 <= self.fusion_layer < self.num_hidden_layers:
             raise ModelError(f"fusion_layer must be in 1..{self.num_hidden_layers - 1}, got {self.fusion_layer}")
         free = self.num_hidden_layers - self.fusion_layer
@@ -200,6 +260,19 @@ class MiceConfig:
             raise ModelError(f"unknown score_head {self.score_head!r}; choose one of {', '.join(SCORE_HEADS)}")
         if self.recommended_alpha is not None and not 0.0 <= self.recommended_alpha <= 1.0:
             raise ModelError(f"recommended_alpha must be in [0, 1], got {self.recommended_alpha}")
+        if self.cls_cross_attention not in CLS_MODES:
+            raise ModelError(f"unknown cls_cross_attention {self.cls_cross_attention!r}; choose one of "
+                             f"{', '.join(CLS_MODES)}")
+        if self.doc_fusion_layer is not None:
+            if not 1 <= self.doc_fusion_layer <= self.num_hidden_layers:
+                raise ModelError(f"doc_fusion_layer must be in 1..{self.num_hidden_layers}, got {self.doc_fusion_layer}")
+            if self.shared_bottom and self.doc_fusion_layer != self.fusion_layer:
+                raise ModelError("doc_fusion_layer differs from fusion_layer: needs shared_bottom = false")
+        if (self.backbone is None) != (self.family == "bert"):
+            raise ModelError(f"family {self.family!r}: backbone config must be "
+                             f"{'absent' if self.family == 'bert' else 'given'}")
+        if self.score_head != "cls" and not self.is_paper_form:
+            raise ModelError(f"score_head {self.score_head!r} needs the default layer options")
 
     @classmethod
     def from_hf(cls, hf: dict, **mice) -> MiceConfig:
@@ -229,12 +302,37 @@ class Bottom(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(num_layers or cfg.fusion_layer))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, token_type: int = 0) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, token_type: int = 0,
+                layers: nn.ModuleList | None = None) -> torch.Tensor:
+        """ids, mask [B,T] -> states [B,T,D] after `layers` (default: this bottom's own)."""
         x = self.embeddings(ids, token_type)  # [B,T,D]
         m = key_padding_mask(mask, x.dtype)
-        for layer in self.layers:
+        for layer in self.layers if layers is None else layers:
             x = layer(x, m)
         return x
+
+
+class BertArchitecture:
+    """The BERT family's blocks (post-norm, absolute positions)."""
+
+    bottom, encoder_layer, interaction_layer = Bottom, staticmethod(lambda cfg, i: EncoderLayer(cfg)), InteractionLayer
+
+    @staticmethod
+    def pre_head(cfg: MiceConfig) -> nn.Module | None:
+        return None
+
+
+# family -> "module:attribute" of its blocks, imported on first use (ModernBERT needs transformers)
+ARCHITECTURES = {"bert": "mice_index.model:BertArchitecture",
+                 "modernbert": "mice_index.modernbert:ModernBertArchitecture"}
+
+
+def architecture(family: str):
+    """The block classes of a backbone family (`ARCHITECTURES`)."""
+    import importlib
+
+    module, _, name = ARCHITECTURES[family].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def inner_tokens(mask: torch.Tensor) -> torch.Tensor:
@@ -291,20 +389,38 @@ class Interaction(nn.Module):
 
     def __init__(self, cfg: MiceConfig):
         super().__init__()
-        self.layers = nn.ModuleList(InteractionLayer(cfg) for _ in range(cfg.num_interaction_layers))
+        self.config = cfg
+        arch = architecture(cfg.family)
+        self.layers = nn.ModuleList(arch.interaction_layer(cfg, i) for i in range(cfg.num_interaction_layers))
+        self.pre_head = arch.pre_head(cfg)  # e.g. ModernBERT's final norm + prediction head
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.has_pooler else None
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.head = nn.Linear(cfg.hidden_size, 1)
         self.late = LateInteraction(cfg) if cfg.score_head == "cls+maxsim" else None
 
+    def masks(self, q_mask: torch.Tensor, d_mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive (query self-attention [B,1,Tq,Tq], cross-attention [B,1,1,Td]) masks."""
+        return (query_self_mask(q_mask, dtype, to_cls=not self.config.mask_query_to_cls),
+                key_padding_mask(d_mask, dtype))
+
     def forward(self, q, q_mask, docs, d_mask) -> torch.Tensor:
         # q [B,Tq,D] layer-ℓ* query states; docs [B,Td,D] layer-ℓ* document states -> [B]
-        self_mask, cross_mask = query_self_mask(q_mask, q.dtype), key_padding_mask(d_mask, q.dtype)
+        self_mask, cross_mask = self.masks(q_mask, d_mask, q.dtype)
         docs = docs.to(q.dtype)
+        if not self.config.is_paper_form:
+            return self.forward_options(q, self_mask, docs, cross_mask)
         late = self.late(q, q_mask, docs, d_mask) if self.late is not None else 0.0
         for layer in self.layers[:-1]:
             q = layer(q, self_mask, docs, cross_mask)
         return self.score_cls(q, self_mask) + late
+
+    def forward_options(self, q, self_mask, docs, cross_mask) -> torch.Tensor:
+        """The layers with the config's options (cross-attention first, the [CLS]'s cross-attention
+        mode), as the reference code runs them -> [B]."""
+        cfg, n = self.config, len(self.layers)
+        for i, layer in enumerate(self.layers):
+            q = layer(q, self_mask, docs, cross_mask, cfg.cls_cross_attention, cfg.cross_attn_first, last=i == n - 1)
+        return self.head_score(q[:, 0])
 
     def score_cls(self, q, self_mask) -> torch.Tensor:
         """Last interaction layer + pooler + head on the second-to-last layer's query states -> [B]."""
@@ -313,6 +429,12 @@ class Interaction(nn.Module):
         # running it in full; tests/test_model.py checks it), so only the [CLS] row is computed.
         last = self.layers[-1]
         cls = last.ffn(last.self_attn(q[:, :1], q, self_mask[:, :, :1, :]))[:, 0]
+        return self.head_score(cls)
+
+    def head_score(self, cls: torch.Tensor) -> torch.Tensor:
+        """Final [CLS] state [B,D] -> (pre-head) -> pooler (if any) -> dropout -> linear -> [B]."""
+        if self.pre_head is not None:
+            cls = self.pre_head(cls)
         if self.pooler is not None:
             cls = torch.tanh(self.pooler(cls))
         return self.head(self.dropout(cls)).squeeze(-1)
@@ -333,7 +455,11 @@ class MiceModel(nn.Module):
     def __init__(self, cfg: MiceConfig, tokenizer=None):
         super().__init__()
         self.config, self.tokenizer = cfg, tokenizer
-        self.bottom = Bottom(cfg)
+        arch = architecture(cfg.family)
+        self.bottom = arch.bottom(cfg, cfg.doc_layers)  # the document side: stored states
+        # separate query-side bottom layers (over the shared embeddings), else None
+        self.query_layers = None if cfg.shared_bottom else nn.ModuleList(
+            arch.encoder_layer(cfg, i) for i in range(cfg.fusion_layer))
         self.interaction = Interaction(cfg)
         self._fingerprint: str | None = None
 
@@ -371,7 +497,7 @@ class MiceModel(nn.Module):
     def encode_queries(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries -> (layer-ℓ* states [B,Tq,D], mask [B,Tq])."""
         ids, mask = self.tokenize(texts, self.config.max_query_length)
-        return self.bottom(ids, mask, token_type=0), mask
+        return self.bottom(ids, mask, token_type=0, layers=self.query_layers), mask
 
     def score_states(self, q, q_mask, docs, d_mask) -> torch.Tensor:
         """Batched pairs: q [B,Tq,D] (or [1,Tq,D], broadcast), docs [B,Td,D] -> scores [B]."""
@@ -400,8 +526,11 @@ class MiceModel(nn.Module):
         """Hash of tokenizer + embeddings + bottom weights + ℓ*: equal iff stored states are valid."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            h.update(json.dumps({"family": self.config.family, "fusion_layer": self.config.fusion_layer,
-                                 "doc_token_type": self.config.doc_token_type}).encode())
+            c = self.config
+            head = {"family": c.family, "fusion_layer": c.doc_layers, "doc_token_type": c.doc_token_type}
+            if c.family != "bert":  # what else decides the stored states (absent for bert: unchanged)
+                head |= {"local_attention": c.local_attention, "backbone": c.backbone}
+            h.update(json.dumps(head).encode())
             if self.tokenizer is not None:
                 # vocabulary and rules only: a fast tokenizer records the truncation/padding of its
                 # last call in its state, which must not change the fingerprint
