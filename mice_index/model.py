@@ -546,8 +546,16 @@ class MiceModel(nn.Module):
     # -- construction and persistence --
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **overrides) -> MiceModel:
-        """A MICE checkpoint folder, an HF BERT encoder or an HF cross-encoder (folder or hub id)."""
+        """A MICE checkpoint folder, the MICE authors' export (`mice_index/authors.py`), an HF BERT
+        encoder or an HF cross-encoder (folder or hub id)."""
+        from mice_index.authors import is_authors_export, load_authors_model
+
         path = resolve_model_path(name_or_path)
+        if is_authors_export(path):
+            if overrides:
+                raise ModelError(f"{path} is the MICE authors' export; its architecture cannot be overridden "
+                                 f"({sorted(overrides)})")
+            return load_authors_model(path)
         if (path / CONFIG_NAME).exists():
             if overrides:
                 raise ModelError(f"{path} is a MICE checkpoint; its architecture cannot be overridden "

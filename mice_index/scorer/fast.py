@@ -21,6 +21,12 @@ exactly, for many (query, document) pairs at inference time:
    normalisation is applied to the [Td] products (q·d/|d|) instead of to the states.
 
 tests/test_scorer.py checks both paths against `Interaction.forward`.
+
+These rewrites hold for the paper's form (`MiceConfig.is_paper_form`). A model with the reference
+code's layer options (cross-attention first, a [CLS] that reads the document, ModernBERT; README
+"Using the authors' MICE models") is scored exactly by `Interaction.forward` on each pair instead:
+its [CLS] depends on the document from the first layer on, so no query-side pass is shared
+(BENCHMARKS.md, "Layer options", measures the cost).
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ def score_pairs(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, pair_
     pair_query [P] the query index of each pair (pairs of one query best kept contiguous: each run
     of equal indices is one matrix product); docs [P,Td,D] layer-ℓ* states (mask [P,Td]) -> [P]."""
     assert not inter.training, "the inference path has no dropout; use Interaction.forward to train"
+    if not inter.config.is_paper_form:  # exact: the model's own forward pass, per pair
+        finite = torch.isfinite(docs).flatten(1).all(1)
+        s = inter(q[pair_query], q_mask[pair_query], docs.to(q.dtype), d_mask).float()
+        return torch.where(finite, s, torch.nan)
     self_mask = query_self_mask(q_mask, q.dtype)  # [Q,1,Tq,Tq]
     keys_mask = key_padding_mask(d_mask, q.dtype)[:, 0, 0]  # [P,Td] additive
     docs = docs.to(q.dtype)
