@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from bm25s.stopwords import STOPWORDS_EN
 
-from mice_index.model import (Attention, Interaction, LateInteraction, MiceModel, inner_tokens, key_padding_mask,
-                              pad_states, query_self_mask)
+from mice_index.model import (Attention, Interaction, LateInteraction, MiceModel, inner_tokens,
+                              pad_states)
 from mice_index.prune import TokenPruner
 
 STOPWORDS = frozenset(STOPWORDS_EN)  # the BM25 stage's English list (Lucene's)
@@ -86,8 +86,15 @@ def cross_attention(inter: Interaction, q: torch.Tensor, q_mask: torch.Tensor, d
     layers whose cross-attention reaches the score: q [B,Tq,D] layer-ℓ* query states (mask
     [B,Tq]), docs [B,Td,D] (mask [B,Td]) -> float32 [B,Tq,Td]; each row sums to 1 over the
     document's tokens (row 0, the [CLS], takes no part in cross-attention and is meaningless)."""
-    self_mask, cross_mask = query_self_mask(q_mask, q.dtype), key_padding_mask(d_mask, q.dtype)
+    self_mask, cross_mask = inter.masks(q_mask, d_mask, q.dtype)
     docs = docs.to(q.dtype)
+    cfg = inter.config
+    if not cfg.is_paper_form:  # every layer's cross-attention reaches the score
+        total = torch.zeros(q.shape[0], q.shape[1], docs.shape[1])
+        for layer in inter.layers:
+            total += layer.cross_probs(q, self_mask, docs, cross_mask, cfg.cross_attn_first).float().mean(1).cpu()
+            q = layer(q, self_mask, docs, cross_mask, cfg.cls_cross_attention, cfg.cross_attn_first)
+        return total / len(inter.layers)
     layers = list(inter.layers[:-1]) or list(inter.layers)
     total = torch.zeros(q.shape[0], q.shape[1], docs.shape[1])
     for layer in layers:

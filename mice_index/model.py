@@ -139,6 +139,13 @@ class InteractionLayer(nn.Module):
             q = self.cross(q, docs, cross_mask, "skip" if last and cls_mode == "mean" else cls_mode)
         return self.ffn(q)
 
+    def cross_probs(self, q, self_mask, docs, cross_mask, cross_first: bool = False) -> torch.Tensor:
+        """The cross-attention weights of this layer's query rows -> [B,H,Tq,Td] (explain)."""
+        x = q if cross_first else self.self_attn(q, q, self_mask)
+        attn = self.cross_attn
+        scores = attn._heads(attn.query(x)) @ attn._heads(attn.key(docs)).transpose(-1, -2)
+        return torch.softmax(scores * (q.shape[-1] // attn.num_heads) ** -0.5 + cross_mask, dim=-1)
+
     def cross(self, q, docs, cross_mask, cls_mode: str = "skip"):
         """Cross-attention sublayer; the [CLS] (row 0) as `cls_mode` says (see `CLS_MODES`)."""
         if cls_mode == "skip" and q.shape[1] == 1:  # the [CLS] row alone

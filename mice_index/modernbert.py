@@ -132,6 +132,15 @@ class ModernBertInteractionLayer(nn.Module):
             q = self.cross(q, docs, cross_mask, "skip" if last and cls_mode == "mean" else cls_mode)
         return q + self.mlp(self.mlp_norm(q))
 
+    def cross_probs(self, q, self_mask, docs, cross_mask, cross_first: bool = False) -> torch.Tensor:
+        """The cross-attention weights of this layer's query rows -> [B,H,Tq,Td] (explain)."""
+        if not cross_first:
+            rope = self.rotary(q, torch.arange(q.shape[1], device=q.device)[None], self.attention_type)
+            q = q + self.attn(self.attn_norm(q), position_embeddings=rope, attention_mask=self_mask)[0]
+        a = self.crossattention
+        scores = a._heads(a.q_proj(self.attn_norm(q))) @ a._heads(a.k_proj(self.attn_norm(docs))).transpose(-1, -2)
+        return torch.softmax(scores * (q.shape[-1] // a.num_heads) ** -0.5 + cross_mask, dim=-1)
+
     def cross(self, q, docs, cross_mask, cls_mode: str = "skip"):
         """Cross-attention residual; the [CLS] (row 0) as `cls_mode` says (`model.CLS_MODES`)."""
         if cls_mode == "skip" and q.shape[1] == 1:

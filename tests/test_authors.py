@@ -134,7 +134,7 @@ def test_pipeline_build_search_eval(tmp_path, tokenizer):
     info = json.loads(CliRunner().invoke(app, ["info", "--index", str(idx), "--json"]).stdout)
     assert info["model_fingerprint"] == MiceModel.from_pretrained(path).fingerprint()
     r = CliRunner().invoke(app, ["search", "--index", str(idx), "--queries", str(sample_collection()), "--run",
-                                 str(run), "--k", "5", "--dtype", "fp32", "--quantize", "none"])
+                                 str(run), "--k", "5", "--dtype", "fp32", "--quantize", "none", "--candidates", "bm25"])
     assert r.exit_code == 0, r.output
     lines = run.read_text().splitlines()
     assert lines and len(lines[0].split()) == 6
@@ -142,7 +142,7 @@ def test_pipeline_build_search_eval(tmp_path, tokenizer):
     assert r.exit_code == 0, r.output
     assert set(json.loads(r.stdout)) >= {"nDCG@10"}
     r = CliRunner().invoke(app, ["search", "--index", str(idx), "--query", "why are there tides", "--json",
-                                 "--dtype", "fp32", "--explain"])
+                                 "--dtype", "fp32", "--explain", "--candidates", "bm25"])
     assert r.exit_code == 0, r.output
 
 
@@ -200,3 +200,17 @@ def test_saved_copy_keeps_options_and_scores(tmp_path, tokenizer):
     copy = MiceModel.from_pretrained(model.save(tmp_path / "ours"))
     assert copy.config == model.config and copy.fingerprint() == model.fingerprint()
     assert torch.equal(copy.score_texts(QUERIES[0], DOCS), model.score_texts(QUERIES[0], DOCS))
+
+
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_explain_attention_of_options_model(tmp_path, tokenizer, family):
+    from mice_index.explain import cross_attention
+
+    _, path = _export(tmp_path, tokenizer, family, "self-first-masked-cls")
+    model = MiceModel.from_pretrained(path)
+    q, q_mask = model.encode_queries([QUERIES[0]] * 2)
+    docs, d_mask = pad_states(model.encode_documents(DOCS[:2]))
+    probs = cross_attention(model.interaction, q, q_mask, docs, d_mask)
+    sums = probs[:, 1:].sum(-1)
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+    assert (probs * (d_mask[:, None, :] == 0)).abs().max() == 0  # no weight on padding
