@@ -204,8 +204,8 @@ class _Builder:
         return {
             "format_version": L.FORMAT_VERSION, "library_version": mice_index.__version__, "complete": False,
             "corpus": str(self.corpus),
-            "model": {"name": self.model_name, "fingerprint": self.fingerprint, "fusion_layer": mc.fusion_layer,
-                      "hidden_size": mc.hidden_size, "family": mc.family},
+            "model": {"name": self.model_name, "fingerprint": self.fingerprint, "fusion_layer": mc.doc_layers,
+                      "hidden_size": mc.hidden_size, "family": mc.family, "options": mc.layer_options()},
             "settings": self.settings,
             "codec": {"name": codec.name, "config": config, "arrays": sorted(arrays), "columns": sorted(codec.columns()),
                       "bytes_per_token": codec.bytes_per_token, "fingerprint": codec.fingerprint()},

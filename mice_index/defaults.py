@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from mice_index.dense_tower import DenseTower
+from mice_index.errors import ModelError
 from mice_index.model import MiceModel
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,13 @@ def load_model(name_or_path: str | Path | None = None, **overrides) -> MiceModel
 def load_dense_tower(model: MiceModel, backbone: str | Path = DEFAULT_BACKBONE) -> DenseTower | None:
     """The backbone's upper layers if `model`'s bottom equals `backbone`'s bottom (so layer-ℓ* states
     can be continued into the backbone's sentence embedding); None if they differ."""
-    reference = MiceModel.from_pretrained(backbone, fusion_layer=model.config.fusion_layer,
-                                          num_interaction_layers=1)
+    if model.config.family != "bert" or not model.config.shared_bottom:
+        return None  # another family's or a separate document bottom: never the backbone's
+    try:
+        reference = MiceModel.from_pretrained(backbone, fusion_layer=model.config.fusion_layer,
+                                              num_interaction_layers=1)
+    except ModelError:  # e.g. ℓ* deeper than the backbone
+        return None
     if reference.fingerprint() != model.fingerprint():
         return None
     return DenseTower.from_backbone(backbone, reference.config)

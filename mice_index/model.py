@@ -245,6 +245,12 @@ class MiceConfig:
         """Bottom layers of the document side: the depth of the stored states."""
         return self.doc_fusion_layer or self.fusion_layer
 
+    def layer_options(self) -> dict:
+        """The layer options that differ from the paper's defaults (for `info`)."""
+        names = ("cross_attn_first", "cls_cross_attention", "mask_query_to_cls", "shared_bottom", "doc_fusion_layer")
+        return {n: getattr(self, n) for n in names
+                if getattr(self, n) != next(f.default for f in fields(self) if f.name == n)}
+
     @property
     def is_paper_form(self) -> bool:
         """The paper's interaction (the default options), which `scorer/fast.py` rewrites."""

@@ -133,6 +133,11 @@ def test_pipeline_build_search_eval(tmp_path, tokenizer):
     assert r.exit_code == 0, r.output
     info = json.loads(CliRunner().invoke(app, ["info", "--index", str(idx), "--json"]).stdout)
     assert info["model_fingerprint"] == MiceModel.from_pretrained(path).fingerprint()
+    assert info["layer"] == 3 and info["model_family"] == "bert"  # the document side's depth
+    assert info["model_options"] == {"cross_attn_first": True, "cls_cross_attention": "attend",
+                                     "shared_bottom": False, "doc_fusion_layer": 3}
+    table = CliRunner().invoke(app, ["info", "--index", str(idx)]).stdout
+    assert "bert" in table and "cross_attn_first=True" in table
     r = CliRunner().invoke(app, ["search", "--index", str(idx), "--queries", str(sample_collection()), "--run",
                                  str(run), "--k", "5", "--dtype", "fp32", "--quantize", "none", "--candidates", "bm25"])
     assert r.exit_code == 0, r.output

@@ -164,7 +164,9 @@ def info_command(
                                                                          "states not stored)"),
         ("codec", f"{info['codec']} ({info['codec_bytes_per_token']} B/token nominal, "
                   f"{info['bytes_per_token']} B/token on disk)"),
-        ("model", f"{info['model']} (fingerprint {info['model_fingerprint']})"),
+        ("model", f"{info['model']} ({info.get('model_family', 'bert')}, fingerprint {info['model_fingerprint']})"),
+        *([("model layer options", ", ".join(f"{k}={v}" for k, v in info["model_options"].items()))]
+          if info.get("model_options") else []),
         ("layer ℓ* / hidden size", f"{info['layer']} / {info['hidden_size']}"),
         ("dense vectors", f"{info['dense']['source']} via {info['dense']['backbone']} ({info['dense']['dim']}-d)"
                           if info["dense"] else "none"),
