@@ -17,8 +17,10 @@ Score heads (`MiceConfig.score_head`, recorded in every checkpoint):
                    [CLS] head zero), so training starts from matching signal instead of a random head.
 
 Shapes: B batch, Tq query tokens, Td document tokens, D hidden size, H heads.
-Only the BERT family (post-norm, absolute positions) is implemented; another family adds its own
-block classes and an entry in FAMILIES without touching these.
+The BERT family's blocks (post-norm, absolute positions) are here; the ModernBERT family's are in
+`mice_index/modernbert.py` (`ARCHITECTURES`). The reference code's layer options (cross-attention
+first, a [CLS] that reads the document, separate bottoms; README "Using the authors' MICE models")
+are `MiceConfig` fields whose defaults are the paper's form described above.
 """
 
 from __future__ import annotations
@@ -284,8 +286,6 @@ class MiceConfig:
         if (self.backbone is None) != (self.family == "bert"):
             raise ModelError(f"family {self.family!r}: backbone config must be "
                              f"{'absent' if self.family == 'bert' else 'given'}")
-        if self.score_head != "cls" and not self.is_paper_form:
-            raise ModelError(f"score_head {self.score_head!r} needs the default layer options")
 
     @classmethod
     def from_hf(cls, hf: dict, **mice) -> MiceConfig:
@@ -420,9 +420,9 @@ class Interaction(nn.Module):
         # q [B,Tq,D] layer-ℓ* query states; docs [B,Td,D] layer-ℓ* document states -> [B]
         self_mask, cross_mask = self.masks(q_mask, d_mask, q.dtype)
         docs = docs.to(q.dtype)
-        if not self.config.is_paper_form:
-            return self.forward_options(q, self_mask, docs, cross_mask)
         late = self.late(q, q_mask, docs, d_mask) if self.late is not None else 0.0
+        if not self.config.is_paper_form:
+            return self.forward_options(q, self_mask, docs, cross_mask) + late
         for layer in self.layers[:-1]:
             q = layer(q, self_mask, docs, cross_mask)
         return self.score_cls(q, self_mask) + late
