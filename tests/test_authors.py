@@ -219,3 +219,29 @@ def test_explain_attention_of_options_model(tmp_path, tokenizer, family):
     sums = probs[:, 1:].sum(-1)
     assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
     assert (probs * (d_mask[:, None, :] == 0)).abs().max() == 0  # no weight on padding
+
+
+def test_modernbert_index_served(tmp_path, tokenizer):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mice_index.build import BuildConfig, build_index
+    from mice_index.scorer import ScorerConfig
+    from mice_index.search import SearchConfig, Searcher
+    from mice_index.serve import BatchConfig, create_app
+    from mice_index.sources import sample_collection
+
+    _, path = _export(tmp_path, tokenizer, "modernbert", "cross-first-masked-cls", seed=5)
+    build_index(sample_collection(), tmp_path / "idx", BuildConfig(model=str(path), codec="fp32", dtype="fp32",
+                                                                  dense="none"))
+    searcher = Searcher.open(tmp_path / "idx", config=SearchConfig(
+        candidates="bm25", scorer=ScorerConfig(dtype="fp32", quantize="none")))
+    assert searcher.model.config.family == "modernbert"
+    want = [(h.doc_id, h.score) for h in searcher.search("how do honey bees make honey", k=5)]
+    with TestClient(create_app(searcher, BatchConfig(window_ms=5), k=5)) as client:
+        r = client.get("/search", params={"q": "how do honey bees make honey", "explain": True})
+    assert r.status_code == 200, r.text
+    hits = r.json()["results"][0]["hits"]
+    assert [h["doc_id"] for h in hits] == [d for d, _ in want]
+    assert all(abs(h["score"] - s) < 1e-5 for h, (_, s) in zip(hits, want))
+    assert all("matches" in h for h in hits)
