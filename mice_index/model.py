@@ -582,16 +582,17 @@ class MiceModel(nn.Module):
     def _from_hf(cls, path: Path, hf: dict, cross_encoder: bool, **mice) -> MiceModel:
         if cross_encoder and hf.get("num_labels", len(hf.get("id2label", {0: 0}))) != 1:
             raise ModelError(f"{path}: a cross-encoder must have exactly one label (a relevance score)")
-        cfg = MiceConfig.from_hf(hf, **mice)  # validate the architecture before reading weights
-        weights = _load_safetensors(path)
-        cfg = replace(cfg, has_pooler=any(k.endswith("pooler.dense.weight") for k in weights))
+        from mice_index.hf_backbone import map_backbone
+
+        if hf.get("model_type") == "bert":
+            MiceConfig.from_hf(hf, **mice)  # validate the architecture before reading weights
+        cfg, own = map_backbone(hf, _load_safetensors(path), cross_encoder, mice)
         model = cls(cfg, _load_tokenizer(path))
         model._init_head(seed=0)
-        own = FAMILIES[cfg.family].map_hf_weights(weights, cfg, with_head=cross_encoder)
         # new modules keep their initialisation: the late-interaction term (identity MaxSim) and,
         # for a plain encoder, the head
         model._load_own(own, strict_except=("interaction.late.",) if cross_encoder
-                        else ("interaction.late.", "interaction.head."))
+                        else ("interaction.late.", "interaction.head.", "interaction.pre_head.head."))
         return model.eval()
 
     @classmethod

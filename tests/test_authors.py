@@ -245,3 +245,33 @@ def test_modernbert_index_served(tmp_path, tokenizer):
     assert [h["doc_id"] for h in hits] == [d for d, _ in want]
     assert all(abs(h["score"] - s) < 1e-5 for h, (_, s) in zip(hits, want))
     assert all("matches" in h for h in hits)
+
+
+@pytest.mark.parametrize("cross_encoder", [True, False])
+def test_modernbert_hf_checkpoint_initialises_mice(tmp_path, tokenizer, cross_encoder):
+    from transformers import ModernBertForSequenceClassification, ModernBertModel
+
+    hf_cfg = ref.tiny_config("modernbert")
+    hf_cfg.num_labels = 1
+    torch.manual_seed(7)
+    hf = (ModernBertForSequenceClassification if cross_encoder else ModernBertModel)(hf_cfg).eval()
+    hf.save_pretrained(str(tmp_path / "mb"), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp_path / "mb"))
+    model = MiceModel.from_pretrained(tmp_path / "mb", fusion_layer=2, num_interaction_layers=3,
+                                      max_doc_length=64, max_query_length=16)
+    assert model.config.family == "modernbert" and model.config.local_attention
+    body = hf.model if cross_encoder else hf
+    texts = ["a short one", " ".join(["long document text"] * 12)]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = body(enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True).hidden_states[2]
+        states = model.bottom(enc["input_ids"], enc["attention_mask"])
+    assert (states - hidden).abs()[enc["attention_mask"].bool()].max() < 1e-5
+    layer, src = model.interaction.layers[1], body.layers[3].attn
+    assert torch.equal(layer.attn.Wqkv.weight, src.Wqkv.weight)
+    assert torch.equal(layer.crossattention.k_proj.weight, src.Wqkv.weight[32:64])  # seeded from self-attention
+    assert torch.equal(layer.crossattention.Wo.weight, src.Wo.weight)
+    if cross_encoder:
+        assert torch.equal(model.interaction.head.weight, hf.classifier.weight)
+    stored = model.encode_documents(DOCS)
+    assert torch.allclose(model.score(QUERIES[0], stored), model.score_texts(QUERIES[0], DOCS), atol=1e-6)
