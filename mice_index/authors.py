@@ -93,7 +93,7 @@ def _first(path: Path, candidates: list[str], what: str) -> Path:
     raise ModelError(f"{path}: no {what} (looked for {', '.join(candidates)})")
 
 
-def _bert_table(cfg, options: dict, has_pooler: bool) -> dict[str, str]:
+def _bert_table(cfg, has_pooler: bool) -> dict[str, str]:
     """Ours -> theirs for the BERT family."""
     t = {f"bottom.embeddings.{k}.weight": f"embeddings.{v}.weight" for k, v in BertFamily.EMB.items()}
     t["bottom.embeddings.norm.bias"] = "embeddings.LayerNorm.bias"
@@ -158,7 +158,10 @@ def load_authors_model(path: Path):
             raise ModelError(f"{top_file}: {key} {top.get(key)} differs from the bottom's {ctx.get(key)}")
     n_ctx, n_layers = options["n_contextualization_layers"], ctx.get("num_hidden_layers", 0)
     n_top = options["n_interaction_layers"] or n_layers - n_ctx
-    shared = bool(options["bound_bottom_layers"]) and options["n_docs_ctx_layers"] in (None, n_ctx)
+    if options["bound_bottom_layers"] and options["n_docs_ctx_layers"] not in (None, n_ctx):
+        raise ModelError(f"{path / DEFINITION}: n_docs_ctx_layers {options['n_docs_ctx_layers']} differs from "
+                         f"n_contextualization_layers {n_ctx} with bound_bottom_layers = true (the reference refuses it too)")
+    shared = bool(options["bound_bottom_layers"])
     mice = dict(fusion_layer=n_ctx, num_interaction_layers=n_top, cross_attn_first=bool(options["cross_attn_first"]),
                 cls_cross_attention="mean" if options["mask_cls_to_doc"] else "attend",
                 mask_query_to_cls=bool(options["mask_query_to_cls"]), shared_bottom=shared,
@@ -176,7 +179,7 @@ def load_authors_model(path: Path):
     else:
         cfg = modernbert_config(ctx, mice)
     model = MiceModel(cfg, load_tokenizer(_tokenizer_dir(path, weights_file.parent)))
-    table = _bert_table(cfg, options, cfg.has_pooler) if family == "bert" else _modernbert_table(model)
+    table = _bert_table(cfg, cfg.has_pooler) if family == "bert" else _modernbert_table(model)
     absent = sorted(v for v in table.values() if v not in theirs)
     unknown = sorted(set(theirs) - set(table.values()))
     if absent or unknown:

@@ -275,3 +275,12 @@ def test_modernbert_hf_checkpoint_initialises_mice(tmp_path, tokenizer, cross_en
         assert torch.equal(model.interaction.head.weight, hf.classifier.weight)
     stored = model.encode_documents(DOCS)
     assert torch.allclose(model.score(QUERIES[0], stored), model.score_texts(QUERIES[0], DOCS), atol=1e-6)
+
+
+def test_bound_bottom_with_deeper_documents_refused(tmp_path, tokenizer):
+    _, path = _export(tmp_path, tokenizer, "bert", "done-when")
+    d = json.loads((path / "experimaestro.json").read_text())
+    del d["objects"][1]["fields"]["bound_bottom_layers"]  # back to its default, true
+    (path / "experimaestro.json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="n_docs_ctx_layers 3 differs .* bound_bottom_layers = true"):
+        MiceModel.from_pretrained(path)
