@@ -18,7 +18,7 @@ import torch
 from mice_index.checkpoints import FAMILIES
 from mice_index.errors import ModelError
 
-__all__ = ["BACKBONES", "map_backbone"]
+__all__ = ["BACKBONES", "check_backbone", "map_backbone"]
 
 
 def _bert(hf: dict, weights: dict[str, torch.Tensor], cross_encoder: bool, mice: dict):
@@ -74,10 +74,15 @@ def _modernbert(hf: dict, weights: dict[str, torch.Tensor], cross_encoder: bool,
 BACKBONES = {"bert": _bert, "modernbert": _modernbert}
 
 
-def map_backbone(hf: dict, weights: dict[str, torch.Tensor], cross_encoder: bool, mice: dict):
-    """(MiceConfig, our weights) of an HF checkpoint (config dict, safetensors weights);
-    ModelError for an unsupported model_type."""
+def check_backbone(hf: dict) -> None:
+    """ModelError for a config whose model_type has no entry in `BACKBONES`."""
     kind = hf.get("model_type")
     if kind not in BACKBONES:
         raise ModelError(f"unsupported backbone model_type {kind!r}; supported: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[kind](hf, weights, cross_encoder, dict(mice))
+
+
+def map_backbone(hf: dict, weights: dict[str, torch.Tensor], cross_encoder: bool, mice: dict):
+    """(MiceConfig, our weights) of an HF checkpoint (config dict, safetensors weights);
+    ModelError for an unsupported model_type."""
+    check_backbone(hf)
+    return BACKBONES[hf["model_type"]](hf, weights, cross_encoder, dict(mice))

@@ -582,10 +582,11 @@ class MiceModel(nn.Module):
     def _from_hf(cls, path: Path, hf: dict, cross_encoder: bool, **mice) -> MiceModel:
         if cross_encoder and hf.get("num_labels", len(hf.get("id2label", {0: 0}))) != 1:
             raise ModelError(f"{path}: a cross-encoder must have exactly one label (a relevance score)")
-        from mice_index.hf_backbone import map_backbone
+        from mice_index.hf_backbone import check_backbone, map_backbone
 
+        check_backbone(hf)  # refuse an unsupported architecture before reading weights
         if hf.get("model_type") == "bert":
-            MiceConfig.from_hf(hf, **mice)  # validate the architecture before reading weights
+            MiceConfig.from_hf(hf, **mice)
         cfg, own = map_backbone(hf, _load_safetensors(path), cross_encoder, mice)
         model = cls(cfg, _load_tokenizer(path))
         model._init_head(seed=0)
