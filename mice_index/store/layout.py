@@ -83,6 +83,34 @@ def staging_dir(root: Path) -> Path:
     return root.parent / f"{TMP_PREFIX}{root.name}"
 
 
+def is_index_manifest(payload: Any) -> bool:
+    """True for what a mice-index build writes as its manifest (a JSON object with a format
+    version, shard list, codec and model entries)."""
+    return (isinstance(payload, dict) and isinstance(payload.get("format_version"), int)
+            and isinstance(payload.get("shards"), list) and isinstance(payload.get("codec"), dict)
+            and isinstance(payload.get("model"), dict))
+
+
+def check_replaceable(root: Path) -> None:
+    """`build --overwrite` replaces (deletes) the folder `root`: allowed only when it holds a
+    mice-index manifest; IndexError_ with one line otherwise (another program's manifest.json, an
+    unreadable one). Nothing is touched."""
+    path = root / MANIFEST
+    try:
+        payload = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        known = {MANIFEST, MANIFEST + ".tmp", SHARDS_DIR, CODEC_DIR, BM25_DIR, DENSE_DIR, ".lock"}
+        if (root / SHARDS_DIR).is_dir() and all(e.name in known or e.name.startswith(TMP_PREFIX)
+                                                for e in root.iterdir()):
+            return  # a damaged index (its manifest unreadable): nothing but index files to replace
+        raise IndexError_(f"{path}: cannot read it as a mice-index manifest ({type(exc).__name__}); --overwrite only "
+                          "replaces a folder holding a mice-index index: remove the folder yourself if you mean "
+                          "to replace it, or choose another --index") from None
+    if not is_index_manifest(payload):
+        raise IndexError_(f"{root}: not a mice-index index (its manifest.json is another program's); --overwrite "
+                          "only replaces a mice-index index: choose another --index")
+
+
 def replace_dir(new: Path, final: Path) -> None:
     """Put the complete folder `new` in place of `final` (rename final away, rename new in, then
     delete the old one). Killed between the two renames, `final` is missing and `new` is still
