@@ -27,6 +27,7 @@ from mice_index.candidates import BM25Index, DenseConfig, DenseIndex, StoredVect
 from mice_index.codec import Codec, make_codec, resolve_codec_name
 from mice_index.encoder import DocumentEncoder, EncoderConfig, resolve_device, resolve_dtype
 from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
+from mice_index.store.generation import new_generation
 from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
@@ -203,6 +204,7 @@ class _Builder:
         mc = self.model.config
         return {
             "format_version": L.FORMAT_VERSION, "library_version": mice_index.__version__, "complete": False,
+            "generation": new_generation(),  # readers hold one generation (store/generation.py)
             "corpus": str(self.corpus),
             "model": {"name": self.model_name, "fingerprint": self.fingerprint, "fusion_layer": mc.fusion_layer,
                       "hidden_size": mc.hidden_size, "family": mc.family},

@@ -372,6 +372,10 @@ class DenseIndex:
                 del writer
                 fh.flush()
                 os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.filename is None:  # a failed write or flush names no file: name this one
+                exc.filename = str(path)
+            raise
         except RuntimeError as exc:  # faiss reports a failed fwrite (disk full, quota, I/O) as a RuntimeError
             raise StorageError(f"{path}: writing the faiss index failed ({_faiss_reason(exc)}); free some space "
                                "or fix the permissions there, then re-run (files already written are kept)") from None

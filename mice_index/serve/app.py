@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from mice_index.errors import MiceIndexError, SearchError
 from mice_index.explain import Explainer, hit_record
 from mice_index.search import clipped
+from mice_index.store.generation import IndexChanged
 from mice_index.serve.batching import BatchConfig, MicroBatcher, QueueFull, ShuttingDown
 from mice_index.serve.limits import Budget, BudgetExceeded, Guard, ServeLimits, install_error_handlers
 from mice_index.text import invalid_unicode
@@ -166,7 +167,27 @@ class _Engine:
         if w.budget is not None:
             w.budget.check()
 
+    def reload_if_replaced(self) -> None:
+        """Between requests: pick up the index's new build as a whole if `build --overwrite`
+        replaced it (store/generation.py); the model stays loaded."""
+        if self.base.is_current():
+            return
+        new = self.base.reopened()  # MiceIndexError (503) while the folder is being swapped
+        log.info("the index was replaced: reloaded %s (%d documents)", Path(new.reader.root).name, new.reader.num_docs)
+        self.base, self._explainer = new, None
+        self.variants = OrderedDict({self.settings_of(new.config): new})
+
     def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict] | BudgetExceeded]:
+        """`_run` on the index's current build; a request that met a replacement mid-way is run
+        again, whole, on the new build (never answered from two builds)."""
+        self.reload_if_replaced()
+        try:
+            return self._run(settings, works)
+        except IndexChanged:
+            self.reload_if_replaced()
+            return self._run(settings, works)
+
+    def _run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict] | BudgetExceeded]:
         """Every query of `works`, in passes of at most `chunk_work` candidates (queries x depth),
         each work's budget checked before each pass that holds its queries -> per work, per query,
         the hit records, or the BudgetExceeded that stopped it."""
@@ -223,7 +244,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     worker starts and stops with the app's lifespan."""
     engine = _Engine(searcher, chunk_work=limits.chunk_work)
     batcher = MicroBatcher(engine.run, batch)
-    num_docs = searcher.reader.num_docs
+    num_docs = searcher.reader.num_docs  # at start; requests read engine.base (reloaded with the index)
     base = searcher.config
 
     @asynccontextmanager
@@ -270,13 +291,14 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
 
     @app.get("/health", summary="Liveness: the index and model are loaded.")
     def health() -> dict:
-        return {"status": "ok", "documents": num_docs, "pending": batcher.pending}
+        return {"status": "ok", "documents": engine.base.reader.num_docs, "pending": batcher.pending}
 
     @app.get("/info", summary="The index's summary (same as `mice-index info --json`).")
     def info() -> dict:
         from mice_index.store import index_info
 
-        return {**index_info(searcher.reader.root), "path": Path(searcher.reader.root).name}  # no server paths
+        root = engine.base.reader.root
+        return {**index_info(root), "path": Path(root).name}  # no server paths
 
     async def _search(req: SearchRequest, request: Request):
         start = time.perf_counter()
@@ -338,8 +360,9 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         if config.rerank == "mice" and searcher.model is None:
             raise SearchError("rerank mice: this server was started without a MICE model (--rerank none)")
         # k and depth above the corpus size are clipped with a warning, as in the CLI
-        config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, num_docs))
-        k_ = clipped("--k", req.k, k, num_docs)
+        n = engine.base.reader.num_docs
+        config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, n))
+        k_ = clipped("--k", req.k, k, n)
         work = len(queries) * config.depth if config.rerank == "mice" else len(queries) * k_
         if work > limits.max_work:
             raise SearchError(f"queries x depth = {work} is above this server's limit of {limits.max_work} per "
