@@ -392,8 +392,8 @@ def writing_index(root: Path, overwrite: bool) -> Iterator[Path]:
         root = Path(os.path.realpath(root))
     if root.exists() and not root.is_dir():
         raise IndexError_(f"{root}: exists and is not a folder")
-    if overwrite and (root / L.MANIFEST).exists():
-        L.check_replaceable(root)  # only a folder holding a mice-index manifest may be replaced
+    if (root / L.MANIFEST).exists():  # another program's manifest.json: never written into, nor replaced
+        L.check_replaceable(root)
     with os_errors(root, "creating the index folder"):
         root.mkdir(parents=True, exist_ok=True)
     with IndexLock(root):

@@ -92,9 +92,10 @@ def is_index_manifest(payload: Any) -> bool:
 
 
 def check_replaceable(root: Path) -> None:
-    """`build --overwrite` replaces (deletes) the folder `root`: allowed only when it holds a
-    mice-index manifest; IndexError_ with one line otherwise (another program's manifest.json, an
-    unreadable one). Nothing is touched."""
+    """A build writes into (and `--overwrite` replaces, i.e. deletes) the folder `root` holding a
+    manifest.json only when it is a mice-index manifest, or an unreadable one in a folder holding
+    nothing but index files (a damaged index); IndexError_ with one line otherwise (another
+    program's manifest.json). Nothing is touched."""
     path = root / MANIFEST
     try:
         payload = json.loads(path.read_bytes())
@@ -103,12 +104,12 @@ def check_replaceable(root: Path) -> None:
         if (root / SHARDS_DIR).is_dir() and all(e.name in known or e.name.startswith(TMP_PREFIX)
                                                 for e in root.iterdir()):
             return  # a damaged index (its manifest unreadable): nothing but index files to replace
-        raise IndexError_(f"{path}: cannot read it as a mice-index manifest ({type(exc).__name__}); --overwrite only "
-                          "replaces a folder holding a mice-index index: remove the folder yourself if you mean "
-                          "to replace it, or choose another --index") from None
+        raise IndexError_(f"{path}: cannot read it as a mice-index manifest ({type(exc).__name__}) and the folder "
+                          "holds other files: it is not an index that can be resumed or replaced; choose another "
+                          "--index (or remove the folder yourself)") from None
     if not is_index_manifest(payload):
-        raise IndexError_(f"{root}: not a mice-index index (its manifest.json is another program's); --overwrite "
-                          "only replaces a mice-index index: choose another --index")
+        raise IndexError_(f"{path}: not a mice-index manifest (another program's?): this folder is not an index "
+                          "that can be resumed or replaced; choose another --index")
 
 
 def replace_dir(new: Path, final: Path) -> None:

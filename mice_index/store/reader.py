@@ -47,6 +47,7 @@ class _Column:
         self.n, self.width = arr.shape
         self.dtype = np.dtype(arr.dtype)
         self.maps: list[np.ndarray] | None = None
+        self.opened = lambda: None  # the generation check after a by-path open (set by _Shard)
         self.crcs: list[np.ndarray] | None = None  # per zarr shard: [chunks] stored crc32c (format 2)
         self.chunks: list[np.ndarray] | None = None  # per zarr shard: [chunks, chunk_bytes] raw bytes
         layout = self._layout()
@@ -121,7 +122,11 @@ class _Column:
         [a, b); `verify`: check each touched chunk's crc32c first."""
         if self.maps is None:
             try:
-                return [[self.arr[a:b]] for a, b in ranges]
+                out = [[self.arr[a:b]] for a, b in ranges]  # zarr opens the chunk files by path
+                self.opened()
+                return out
+            except IndexChanged:
+                raise
             except Exception as exc:  # noqa: BLE001 - zarr raises ValueError / codec errors for bad bytes
                 raise self._damaged(self.path, f"zarr cannot read it ({str(exc).splitlines()[0][:120]})") from None
         out, S, C = [], self.shard_rows, self.chunk_rows
@@ -169,6 +174,8 @@ class _Shard:
     def _array(self, name: str) -> zarr.Array:
         try:
             return self.group[name]
+        except IndexChanged:
+            raise
         except Exception as exc:  # noqa: BLE001 - KeyError for a missing array, ValueError for bad metadata
             raise self.damaged(self.dir / L.STATES / name, f"cannot open zarr array ({exc})") from None
 
@@ -188,6 +195,8 @@ class _Shard:
     @cached_property
     def columns(self) -> dict[str, _Column]:
         cols = {k: _Column(self._array(k), self.dir / L.STATES / k, self.root, self.name) for k in self._names}
+        for c in cols.values():
+            c.opened = self.opened
         for k, c in cols.items():
             if c.n != self.offsets[-1]:
                 raise self.damaged(self.dir / L.STATES / k, f"holds {c.n} tokens, the offsets say {self.offsets[-1]}")
