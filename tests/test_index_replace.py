@@ -175,7 +175,7 @@ def test_the_server_reloads_a_replaced_index_between_requests(tmp_path, model_di
         assert sorted(h["doc_id"] for h in hits) == sorted(h["doc_id"] for h in first)
         # MICE re-ranking on the new build equals a fresh searcher's
         mice = client.get("/search", params={**params, "rerank": "mice"}).json()["results"][0]["hits"]
-        ref = fresh.with_config(rerank="mice").search(params["q"], k=3)
+        ref = Searcher.open(idx, model=model, config=SearchConfig(scorer=FP32, candidates="bm25")).search(params["q"], k=3)
         assert [h["doc_id"] for h in mice] == [h.doc_id for h in ref]
         assert client.get("/health").json()["documents"] == fresh.reader.num_docs
         assert json.dumps(client.get("/info").json()).count(str(tmp_path)) == 0
