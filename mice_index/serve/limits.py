@@ -107,10 +107,6 @@ async def _send_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class Guard:
     """ASGI middleware: body size (413), Host header (400), UTF-8 of path and query (400)."""
 
@@ -126,27 +122,31 @@ class Guard:
             status, message = problem
             log.info("%s %s %d refused: %s", scope.get("method"), _safe_path(scope), status, message)
             return await _send_error(send, status, message)
-        limit, received, started = self.limits.max_body_bytes, 0, False
+        limit, received, started, refused = self.limits.max_body_bytes, 0, False, False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, started, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
+                if received > limit:  # answer 413 now; the app sees a client gone and stops reading
+                    refused = True
+                    if not started:
+                        started = True
+                        await _send_error(send, 413, _too_large(limit))
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message):
             nonlocal started
+            if refused:
+                return  # the 413 was sent: whatever the app answers is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_error(send, 413, _too_large(limit))
+        await self.app(scope, limited_receive, tracking_send)
 
     def _refusal(self, scope) -> tuple[int, str] | None:
         headers = dict(scope.get("headers") or [])
