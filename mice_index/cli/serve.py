@@ -40,6 +40,7 @@ def serve_command(
     max_work: Annotated[int, typer.Option("--max-work", help="Queries x depth in one request at most (more: 400).")] = _LIMITS.max_work,
     max_explain: Annotated[int, typer.Option("--max-explain", help="Explained hits (queries x k) in one request at most (more: 400).")] = _LIMITS.max_explain,
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds one request may take, queueing included: still queued then 503, being scored 504 (stopped at its next chunk).")] = _LIMITS.request_timeout_s,
+    pass_work: Annotated[int, typer.Option("--pass-work", help="Candidates (queries x depth) scored in one pass; between passes a request's budget is checked and requests that arrived meanwhile run.")] = _LIMITS.chunk_work,
     max_body: Annotated[int, typer.Option("--max-body", help="Request body bytes at most (more: 413, before it is read).")] = _LIMITS.max_body_bytes,
     allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Comma-separated Host header names accepted (others: 400) [default: localhost, 127.0.0.1, ::1 when --host is a loopback address, else any].")] = None,
 ) -> None:
@@ -64,10 +65,11 @@ def serve_command(
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else loopback_hosts(host)
     try:
         limits = ServeLimits(max_k=max_k, max_depth=max_depth, max_work=max_work, max_explain=max_explain,
-                             request_timeout_s=request_timeout, max_body_bytes=max_body, allowed_hosts=hosts)
+                             request_timeout_s=request_timeout, max_body_bytes=max_body, allowed_hosts=hosts,
+                             chunk_work=pass_work)
     except ValueError:
-        raise MiceIndexError("--max-k, --max-depth, --max-work, --max-explain, --max-body and --request-timeout "
-                             "must be positive") from None
+        raise MiceIndexError("--max-k, --max-depth, --max-work, --max-explain, --max-body, --pass-work and "
+                             "--request-timeout must be positive") from None
     sock = bind(host, port)  # a busy port is one line now, before seconds of loading
     # the model is always loaded: requests may ask for MICE (or explanations) whatever the default
     opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device, quantize=quantize))

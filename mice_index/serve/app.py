@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -132,6 +132,7 @@ class _Engine:
     def __init__(self, searcher, snippet_width: int = 200, chunk_work: int = 2000):
         self.base, self.width, self.chunk_work = searcher, snippet_width, chunk_work
         self.stopping = False  # set when the server stops: work in progress ends at its next chunk
+        self.between_passes: Callable[[], None] = lambda: None  # create_app: the batcher's run_waiting
         self.variants: OrderedDict[Settings, Any] = OrderedDict({self.settings_of(searcher.config): searcher})
         self._explainer: Explainer | None = None
 
@@ -197,7 +198,7 @@ class _Engine:
         hits: dict[int, list] = {j: [] for j in range(len(works))}
         failed: dict[int, BudgetExceeded] = {}
         per_pass = max(1, self.chunk_work // max(1, settings.depth))
-        pos = 0
+        pos = passes = 0
         while pos < len(todo):
             chunk = []
             while pos < len(todo) and len(chunk) < per_pass:
@@ -212,6 +213,9 @@ class _Engine:
                     continue
                 chunk.append((j, q))
             if chunk:
+                if passes:  # not the first pass: let the requests that arrived meanwhile run
+                    self.between_passes()
+                passes += 1
                 for (j, _), h in zip(chunk, searcher.search_texts([q for _, q in chunk], k)):
                     hits[j].append(h)
         out: list[list[dict] | BudgetExceeded] = []
@@ -244,6 +248,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     worker starts and stops with the app's lifespan."""
     engine = _Engine(searcher, chunk_work=limits.chunk_work)
     batcher = MicroBatcher(engine.run, batch)
+    engine.between_passes = batcher.run_waiting
     num_docs = searcher.reader.num_docs  # at start; requests read engine.base (reloaded with the index)
     base = searcher.config
 

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger("mice_index.serve")
@@ -42,7 +42,10 @@ class ServeLimits:
     (queries x k with explain=true); request_timeout_s: wall-clock budget of one request from its
     arrival (waiting in the queue included): a request still queued then gets 503, one being scored
     is stopped at the next scoring chunk and gets 504; max_body_bytes: a request body above it gets
-    413 before it is read; allowed_hosts: Host names accepted (None: any, except that a server
+    413 before it is read; chunk_work: candidates scored in one pass: a request is scored in
+    passes of about this many, its budget checked and the requests that arrived meanwhile run
+    between two passes (smaller: a long request delays others less; larger: bigger batches for
+    the scorer); allowed_hosts: Host names accepted (None: any, except that a server
     bound to a loopback address accepts only localhost / 127.0.0.1 / [::1])."""
 
     max_k: int = 1000
@@ -52,7 +55,7 @@ class ServeLimits:
     request_timeout_s: float = 20.0
     max_body_bytes: int = 1 << 20
     allowed_hosts: tuple[str, ...] | None = None
-    chunk_work: int = field(default=2000, repr=False)  # candidates scored between two budget checks
+    chunk_work: int = 1000  # candidates (queries x depth) scored in one pass between two budget checks
 
     def __post_init__(self):
         bad = [name for name in ("max_k", "max_depth", "max_work", "max_explain", "max_body_bytes", "chunk_work")
