@@ -33,7 +33,8 @@ from mice_index.explain import Explainer, hit_record
 from mice_index.search import clipped
 from mice_index.store.generation import IndexChanged
 from mice_index.serve.batching import BatchConfig, MicroBatcher, QueueFull, ShuttingDown
-from mice_index.serve.limits import Budget, BudgetExceeded, Guard, ServeLimits, install_error_handlers
+from mice_index.serve.limits import (Budget, BudgetExceeded, Guard, RequestLog, ServeLimits,
+                                     install_error_handlers)
 from mice_index.text import invalid_unicode
 
 log = logging.getLogger("mice_index.serve")
@@ -270,20 +271,8 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
                               "parameters), 503 (queue full, shutting down) or 500.")
     app.state.batcher, app.state.engine, app.state.limits = batcher, engine, limits
     install_error_handlers(app)
+    app.add_middleware(RequestLog)  # plain ASGI (FastAPI's http middleware hides client disconnects)
     app.add_middleware(Guard, limits=limits)  # outermost: refuses before a body is read
-
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            extra = getattr(request.state, "log", "")
-            log.info("%s %s %d %.1f ms%s", request.method, request.url.path, status,
-                     (time.perf_counter() - start) * 1000, extra)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger("mice_index.serve")
 
-__all__ = ["Budget", "BudgetExceeded", "Guard", "ServeLimits", "install_error_handlers", "loopback_hosts"]
+__all__ = ["Budget", "BudgetExceeded", "Guard", "RequestLog", "ServeLimits", "install_error_handlers", "loopback_hosts"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -171,6 +171,33 @@ class Guard:
             except UnicodeDecodeError as exc:
                 return 400, f"{what}: invalid UTF-8 at byte {exc.start} after decoding its %-escapes (refused, never repaired)"
         return None
+
+
+class RequestLog:
+    """ASGI middleware: one log line per request (method, path, status, ms, and what the handler
+    put in `request.state.log`). Plain ASGI rather than FastAPI's `@app.middleware("http")`, whose
+    wrapping of `receive` keeps `request.is_disconnected()` from ever seeing a client leave."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            extra = (scope.get("state") or {}).get("log", "")
+            log.info("%s %s %d %.1f ms%s", scope.get("method"), _safe_path(scope), status,
+                     (time.perf_counter() - start) * 1000, extra)
 
 
 def _too_large(limit: int) -> str:
