@@ -242,7 +242,7 @@ def test_alpha_is_passed_through_where_supported(client, searcher):
 def test_health_info_openapi_and_page(client, built):  # noqa: F811
     assert client.get("/health").json()["status"] == "ok"
     info, want = client.get("/info").json(), index_info(built[0])
-    assert info == {**want, "path": built[0].name}  # the folder's name: no server paths
+    assert info == {**want, "path": built[0].name, "model": "mice"}  # folders' names: no server paths
     assert str(built[0].parent) not in str(info)
     spec = client.get("/openapi.json").json()
     assert {"get", "post"} <= set(spec["paths"]["/search"]) and "/info" in spec["paths"]

@@ -292,7 +292,10 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         from mice_index.store import index_info
 
         root = engine.base.reader.root
-        return {**index_info(root), "path": Path(root).name}  # no server paths
+        out = {**index_info(root), "path": Path(root).name}  # no server paths
+        if Path(str(out.get("model"))).is_absolute():  # a model given as a folder: its name only
+            out["model"] = Path(out["model"]).name
+        return out
 
     async def _search(req: SearchRequest, request: Request):
         start = time.perf_counter()
