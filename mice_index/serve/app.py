@@ -8,7 +8,10 @@ Endpoints: `GET /health`, `GET /info` (= `mice-index info --json`), `GET|POST /s
 parses, validates and formats: every search goes through `Searcher.search_texts`, batched across
 concurrent requests by `MicroBatcher`, so results equal `Searcher.search` with the same settings.
 Bad parameters get 400 with the library's own message (`{"error": ...}`), a full queue or a
-shutting-down server 503, anything unexpected 500; none of them stops the server.
+shutting-down server 503, anything unexpected 500; none of them stops the server. Per-request
+limits, the time budget (504), body size (413), the Host check and the error shape live in
+`limits.py`; a request is scored in passes (`ServeLimits.chunk_work`) between which its budget is
+checked and waiting requests run; a replaced index is reloaded between requests.
 """
 
 from __future__ import annotations
