@@ -179,3 +179,42 @@ def test_the_server_reloads_a_replaced_index_between_requests(tmp_path, model_di
         assert [h["doc_id"] for h in mice] == [h.doc_id for h in ref]
         assert client.get("/health").json()["documents"] == fresh.reader.num_docs
         assert json.dumps(client.get("/info").json()).count(str(tmp_path)) == 0
+
+
+# -- 5. dense.npy (read without a checksum by ivfpq's exact re-scoring): `info --verify` names it --
+
+@pytest.mark.parametrize("damage", ["halve a row", "flip one byte"])
+def test_info_verify_names_a_damaged_dense_npy(tmp_path, monkeypatch, capsys, damage):
+    import shutil
+
+    import numpy as np
+
+    idx = tmp_path / "idx"
+    shutil.copytree(_dense_index(tmp_path), idx)
+    path = sorted(idx.glob("shards/*/dense.npy"))[0]
+    if damage == "halve a row":  # the issue's input: one document's vector halved, same file size
+        v = np.load(path)
+        v[3] *= 0.5
+        np.save(path, v)
+    else:
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0x01
+        path.write_bytes(bytes(data))
+    code, err = _cli(monkeypatch, capsys, "info", "--index", idx, "--verify")
+    assert code == 2 and "dense.npy" in err and "checksum mismatch" in err.replace("\n", " ")
+    code, _ = _cli(monkeypatch, capsys, "info", "--index", idx)
+    assert code in (0, None)  # without --verify: not read (the README states the cost)
+
+
+_DENSE: dict = {}
+
+
+def _dense_index(tmp_path):
+    """The sample collection indexed with the packaged default model (dense vectors in every
+    shard), built once per session."""
+    if "idx" not in _DENSE:
+        root = tmp_path.parent / "dense-src"
+        root.mkdir(exist_ok=True)
+        build_index(sample_collection(), root / "idx", BuildConfig(codec="fp16", shard_docs=16, dtype="fp32"))
+        _DENSE["idx"] = root / "idx"
+    return _DENSE["idx"]
