@@ -45,23 +45,13 @@ def serve_command(
     allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Comma-separated Host header names accepted (others: 400) [default: localhost, 127.0.0.1, ::1 when --host is a loopback address, else any].")] = None,
 ) -> None:
     """Serve an index over HTTP: GET / (search page), /search, /info, /health, /docs (OpenAPI)."""
-    try:
-        import uvicorn  # noqa: F401
-
-        from mice_index.serve import BatchConfig, create_app
-        from mice_index.serve.limits import loopback_hosts
-        from mice_index.serve.run import bind, serve
-    except ImportError as exc:
-        raise MiceIndexError(f"mice-index serve needs the serve extra ({exc.name} is missing): "
-                             'pip install "mice-index[serve]"') from None
-    from mice_index.search import Searcher, clipped
+    from mice_index.serve.limits import loopback_hosts  # stdlib only: bind before heavy imports
+    from mice_index.serve.run import bind, serve
 
     if not 0 < port < 65536:
         raise MiceIndexError(f"--port must be in 1..65535, got {port}")
-    try:
-        batch = BatchConfig(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
-    except ValueError:
-        raise MiceIndexError("--batch-window-ms must be >= 0, --max-batch and --max-queue >= 1") from None
+    if batch_window_ms < 0 or max_batch < 1 or max_queue < 1:
+        raise MiceIndexError("--batch-window-ms must be >= 0, --max-batch and --max-queue >= 1")
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else loopback_hosts(host)
     try:
         limits = ServeLimits(max_k=max_k, max_depth=max_depth, max_work=max_work, max_explain=max_explain,
@@ -70,7 +60,18 @@ def serve_command(
     except ValueError:
         raise MiceIndexError("--max-k, --max-depth, --max-work, --max-explain, --max-body, --pass-work and "
                              "--request-timeout must be positive") from None
-    sock = bind(host, port)  # a busy port is one line now, before seconds of loading
+    sock = bind(host, port)  # a busy port is one line now, before seconds of importing and loading
+    try:
+        import uvicorn  # noqa: F401
+
+        from mice_index.serve import BatchConfig, create_app
+    except ImportError as exc:
+        sock.close()
+        raise MiceIndexError(f"mice-index serve needs the serve extra ({exc.name} is missing): "
+                             'pip install "mice-index[serve]"') from None
+    from mice_index.search import Searcher, clipped
+
+    batch = BatchConfig(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
     # the model is always loaded: requests may ask for MICE (or explanations) whatever the default
     opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device, quantize=quantize))
     searcher = opened if rerank == "mice" else opened.with_config(rerank=rerank)
