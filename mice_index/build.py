@@ -27,6 +27,7 @@ from mice_index.candidates import BM25Index, DenseConfig, DenseIndex, StoredVect
 from mice_index.codec import Codec, make_codec, resolve_codec_name
 from mice_index.encoder import DocumentEncoder, EncoderConfig, resolve_device, resolve_dtype
 from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
+from mice_index.store.generation import new_generation
 from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
@@ -203,6 +204,7 @@ class _Builder:
         mc = self.model.config
         return {
             "format_version": L.FORMAT_VERSION, "library_version": mice_index.__version__, "complete": False,
+            "generation": new_generation(),  # readers hold one generation (store/generation.py)
             "corpus": str(self.corpus),
             "model": {"name": self.model_name, "fingerprint": self.fingerprint, "fusion_layer": mc.doc_layers,
                       "hidden_size": mc.hidden_size, "family": mc.family, "options": mc.layer_options()},
@@ -354,7 +356,8 @@ class _Builder:
             tmp = self.root / (L.TMP_PREFIX + L.BM25_DIR)
             L.remove(tmp)
             # streamed straight into tmp, its temporary files inside tmp: memory bounded by batches
-            BM25Index.build_into(tmp, reader.iter_texts(), num_docs=n)
+            with os_errors(tmp, "writing the BM25 index"):
+                BM25Index.build_into(tmp, reader.iter_texts(), num_docs=n)
             L.commit_dir(tmp, self.root / L.BM25_DIR)
         dense_index = None
         if m.get("dense"):  # the shards' vectors, read in chunks (file reads, not the map): never all in memory
@@ -362,7 +365,9 @@ class _Builder:
             if not (self.root / L.DENSE_DIR).is_dir():
                 tmp = self.root / (L.TMP_PREFIX + L.DENSE_DIR)
                 L.remove(tmp)
-                DenseIndex.build(vectors, self.cfg.dense_config()).save(tmp)
+                dense = DenseIndex.build(vectors, self.cfg.dense_config())
+                with os_errors(tmp, "writing the dense index"):
+                    dense.save(tmp)
                 L.commit_dir(tmp, self.root / L.DENSE_DIR)
             built = DenseIndex.load(self.root / L.DENSE_DIR)  # what searches will open
             dense_index = {**built.describe(), **built.recall_vs_flat(vectors)}
@@ -383,8 +388,12 @@ def writing_index(root: Path, overwrite: bool) -> Iterator[Path]:
     write the build into: `root` itself, or, with `overwrite` and an existing index in `root`, an
     empty sibling staging folder that replaces `root` (two renames) only once the body returns.
     A body that raises leaves `root` untouched: the old index stays complete and searchable."""
+    if root.is_symlink():  # replace the link's target (beside it, on its disk), keep the link
+        root = Path(os.path.realpath(root))
     if root.exists() and not root.is_dir():
         raise IndexError_(f"{root}: exists and is not a folder")
+    if (root / L.MANIFEST).exists():  # another program's manifest.json: never written into, nor replaced
+        L.check_replaceable(root)
     with os_errors(root, "creating the index folder"):
         root.mkdir(parents=True, exist_ok=True)
     with IndexLock(root):

@@ -30,6 +30,7 @@ except ImportError as e:
     raise ImportError('mice_index.pyterrier needs PyTerrier (>= 1.0): pip install "mice-index[pyterrier]"') from e
 
 from mice_index.errors import IndexError_, SearchError
+from mice_index.store.generation import IndexChanged
 from mice_index.model import MiceModel
 from mice_index.scorer import MiceScorer, ScorerConfig
 from mice_index.candidates import interpolate
@@ -186,5 +187,7 @@ class MiceReranker(pt.Transformer):
     def _row(self, docno) -> int:
         try:
             return self.reader.row_of(str(docno))
+        except IndexChanged:
+            raise
         except IndexError_:
             raise SearchError(f"MiceReranker: document {docno!r} is not in the index {self.reader.root}") from None

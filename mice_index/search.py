@@ -26,6 +26,7 @@ from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
 from mice_index.scorer import MiceScorer, ScorerConfig, encode_queries_alone
 from mice_index.sources import Query
+from mice_index.store.generation import IndexChanged
 from mice_index.text import check_text
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class Searcher:
             raise SearchError(f"--candidates {config.candidates}: this index has no dense vectors")
         self._embed = dense_query_encoder
         self._scorer = MiceScorer(model, reader, config.scorer) if config.rerank == "mice" else None
+        if getattr(reader, "generation", None) is not None:  # all of the above from the build it holds
+            reader.generation.check()
 
     @property
     def alpha(self) -> float:
@@ -108,10 +111,16 @@ class Searcher:
              config: SearchConfig = SearchConfig()) -> Searcher:
         from mice_index.store import IndexReader
 
-        reader = IndexReader.open(index_dir)
-        mice = checked_model(reader, model) if config.rerank == "mice" else None
-        embed = DenseQueryEncoder.for_index(reader, mice) if reader.dense_path is not None else None
-        return cls(reader, mice, config, dense_query_encoder=embed)
+        for attempt in range(3):  # a `build --overwrite` swapping the folder while it opens: again
+            try:
+                reader = IndexReader.open(index_dir)
+                mice = checked_model(reader, model) if config.rerank == "mice" else None
+                embed = DenseQueryEncoder.for_index(reader, mice) if reader.dense_path is not None else None
+                return cls(reader, mice, config, dense_query_encoder=embed)
+            except IndexChanged:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- first stage --
     def _shared_query_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -227,11 +236,25 @@ class Searcher:
     def _row_or_missing(self, doc_id: str) -> int:
         try:
             return self.reader.row_of(doc_id)
+        except IndexChanged:
+            raise
         except IndexError_:
             return -2  # matches no row (padding is -1)
 
     def with_config(self, **changes) -> Searcher:
         return Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
+
+    # -- index generations (store/generation.py) --
+    def is_current(self) -> bool:
+        """True while the index folder still holds the build this searcher opened (False after a
+        `build --overwrite` replaced it: its searches then raise IndexChanged)."""
+        gen = getattr(self.reader, "generation", None)
+        return gen is None or gen.is_current()
+
+    def reopened(self) -> Searcher:
+        """A searcher over the build the index folder holds now, with this one's model and config
+        (the model is not loaded again; it must match the new index's fingerprint)."""
+        return Searcher.open(self.reader.root, model=self.model, config=self.config)
 
 
 def ranked(rows: np.ndarray, scores: np.ndarray, k: int, ids_of) -> list[int]:

@@ -20,6 +20,7 @@ tokens) give fewer tokens than kept, i.e. a run of that many characters that mak
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from mice_index.errors import MiceIndexError, SourceError
 
@@ -60,6 +61,17 @@ def check_argument(value: str, option: str, error: type[MiceIndexError] = MiceIn
     what = (f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"code point {ascii(m.group())}")
     raise error(f"{option} is not valid UTF-8 ({what} at character {m.start()}); pass UTF-8 text "
                 "(e.g. convert Latin-1 with `iconv -f latin1 -t utf-8`)")
+
+
+def id_problem(value: str) -> str | None:
+    """Why `value` cannot be a document / query id in a TREC run (whitespace separates its columns;
+    a control character such as NUL would be written raw and break other tools), else None."""
+    for ch in value:
+        if ch.isspace():
+            return "contains whitespace (ids are written to TREC run files)"
+        if unicodedata.category(ch) == "Cc":
+            return f"contains the control character U+{ord(ch):04X} (ids are written to TREC run files)"
+    return None
 
 
 def char_budget(max_tokens: int) -> int:
@@ -124,4 +136,5 @@ def bounded_token_ids(tokenizer, texts: list[str], max_tokens: int) -> list[list
 
 
 __all__ = ["JSON_HINT", "bounded_texts", "bounded_token_ids", "char_budget", "check_argument", "check_text", "clip",
+           "id_problem",
            "invalid_unicode"]

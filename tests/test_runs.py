@@ -92,7 +92,7 @@ def test_write_rejects_unwritable_results(tmp_path, results, fragment):
         (["q Q0 a 1 1.0 t", "q Q0 b 2 0.5"], 2, "expected 6 columns"),
         (["q Q0 a one 1.0 t"], 1, "rank 'one' is not an integer"),
         (["q Q0 a 1 1.0 t", "q Q0 b 2 high t"], 2, "score 'high' is not a number"),
-        (["q Q0 a 1 nan t"], 1, "NaN"),
+        (["q Q0 a 1 nan t"], 1, "not a finite number"),
         (["q Q0 a 1 1.0 t", "q Q0 a 2 0.5 t"], 2, "first on line 1"),
     ],
 )

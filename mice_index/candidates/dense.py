@@ -37,7 +37,7 @@ import numpy as np
 
 from mice_index.candidates.base import PAD_ROW, PAD_SCORE, Candidates, check_k, read_meta, write_meta
 from mice_index.candidates.vectors import StoredVectors
-from mice_index.errors import IndexError_, SearchError
+from mice_index.errors import IndexError_, SearchError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -364,7 +364,21 @@ class DenseIndex:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(directory / INDEX_FILE))
+        path = directory / INDEX_FILE
+        try:  # through Python's file: faiss's own FILE* writer only prints a failed fclose (a full disk)
+            with open(path, "wb") as fh:
+                writer = faiss.PyCallbackIOWriter(fh.write)
+                faiss.write_index(self.index, writer)
+                del writer
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.filename is None:  # a failed write or flush names no file: name this one
+                exc.filename = str(path)
+            raise
+        except RuntimeError as exc:  # faiss reports a failed fwrite (disk full, quota, I/O) as a RuntimeError
+            raise StorageError(f"{path}: writing the faiss index failed ({_faiss_reason(exc)}); free some space "
+                               "or fix the permissions there, then re-run (files already written are kept)") from None
         meta = {"name": self.name, "config": asdict(self.config), "num_docs": self.num_docs, "dim": self.dim}
         if self.config.kind == "ivfpq":
             meta["vectors"] = self._save_vectors(directory)
@@ -418,3 +432,13 @@ class DenseIndex:
             return cls(index, config, vectors if config.kind == "ivfpq" else None)
         except SearchError as exc:
             raise IndexError_(f"{directory}: {exc}") from None
+
+
+def _faiss_reason(exc: RuntimeError) -> str:
+    """The OS reason in a faiss I/O error ("... write error in <file>: 0 != 1 (No space left on
+    device)"), else its last line, cut short."""
+    import re
+
+    text = str(exc)
+    m = re.search(r"\(([^()]*)\)\s*$", text.strip())
+    return m.group(1) if m else text.strip().splitlines()[-1][:160]

@@ -54,8 +54,13 @@ def _group(results: Results) -> dict[str, list[ScoredDoc]]:
 
 
 def _check_id(value: str, kind: str) -> None:
-    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
-        raise RunError(f"{kind} id {value!r} cannot be written to a TREC run (empty or contains whitespace)")
+    from mice_index.text import id_problem
+
+    if not isinstance(value, str) or not value:
+        raise RunError(f"{kind} id {value!r} cannot be written to a TREC run (empty)")
+    problem = id_problem(value)
+    if problem:
+        raise RunError(f"{kind} id {value!r} cannot be written to a TREC run: it {problem}")
     check_text(value, f"{kind} id {ascii(value)}", RunError)
 
 
@@ -153,6 +158,7 @@ def read_run(path: str | os.PathLike[str]) -> list[ScoredDoc]:
     if not path.is_file():
         raise RunError(f"{path}: run file not found")
     from mice_index.sources._files import blame_damaged_stream, iter_lines  # shared strict UTF-8 line reader
+    from mice_index.text import id_problem
 
     out: list[ScoredDoc] = []
     first_line: dict[tuple[str, str], int] = {}
@@ -164,6 +170,10 @@ def read_run(path: str | os.PathLike[str]) -> list[ScoredDoc]:
                     f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}"
                 )
             qid, _q0, docid, rank, score, _tag = fields
+            for kind, value in (("query", qid), ("document", docid)):
+                problem = id_problem(value)
+                if problem:
+                    raise RunError(f"{path}:{lineno}: {kind} id {value!r} {problem}")
             try:
                 int(rank)
             except ValueError:
@@ -172,8 +182,8 @@ def read_run(path: str | os.PathLike[str]) -> list[ScoredDoc]:
                 value = float(score)
             except ValueError:
                 raise RunError(f"{path}:{lineno}: score {score!r} is not a number") from None
-            if math.isnan(value):
-                raise RunError(f"{path}:{lineno}: score is NaN")
+            if not math.isfinite(value):  # NaN or ±inf: no rank can be derived from it
+                raise RunError(f"{path}:{lineno}: score {score!r} is not a finite number")
             key = (qid, docid)
             if key in first_line:
                 raise RunError(

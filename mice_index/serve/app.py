@@ -8,7 +8,10 @@ Endpoints: `GET /health`, `GET /info` (= `mice-index info --json`), `GET|POST /s
 parses, validates and formats: every search goes through `Searcher.search_texts`, batched across
 concurrent requests by `MicroBatcher`, so results equal `Searcher.search` with the same settings.
 Bad parameters get 400 with the library's own message (`{"error": ...}`), a full queue or a
-shutting-down server 503, anything unexpected 500; none of them stops the server.
+shutting-down server 503, anything unexpected 500; none of them stops the server. Per-request
+limits, the time budget (504), body size (413), the Host check and the error shape live in
+`limits.py`; a request is scored in passes (`ServeLimits.chunk_work`) between which its budget is
+checked and waiting requests run; a replaced index is reloaded between requests.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,7 +34,11 @@ from pydantic import BaseModel, Field
 from mice_index.errors import MiceIndexError, SearchError
 from mice_index.explain import Explainer, hit_record
 from mice_index.search import clipped
+from mice_index.store.generation import IndexChanged
 from mice_index.serve.batching import BatchConfig, MicroBatcher, QueueFull, ShuttingDown
+from mice_index.serve.limits import (Budget, BudgetExceeded, Guard, RequestLog, ServeLimits,
+                                     install_error_handlers)
+from mice_index.text import invalid_unicode
 
 log = logging.getLogger("mice_index.serve")
 
@@ -114,6 +121,7 @@ class _Work(NamedTuple):
     queries: list[str]
     k: int
     explain: bool
+    budget: Budget | None = None
 
 
 def supports_alpha() -> bool:
@@ -125,8 +133,10 @@ def supports_alpha() -> bool:
 class _Engine:
     """Runs on the batcher's worker thread: searchers per settings, search, explain, format."""
 
-    def __init__(self, searcher, snippet_width: int = 200):
-        self.base, self.width = searcher, snippet_width
+    def __init__(self, searcher, snippet_width: int = 200, chunk_work: int = 2000):
+        self.base, self.width, self.chunk_work = searcher, snippet_width, chunk_work
+        self.stopping = False  # set when the server stops: work in progress ends at its next chunk
+        self.between_passes: Callable[[], None] = lambda: None  # create_app: the batcher's run_waiting
         self.variants: OrderedDict[Settings, Any] = OrderedDict({self.settings_of(searcher.config): searcher})
         self._explainer: Explainer | None = None
 
@@ -156,20 +166,78 @@ class _Engine:
             self._explainer = Explainer(model, self.base.reader)
         return self._explainer
 
-    def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict]]:
-        """One pass for every query of `works` -> per work, per query, the hit records."""
+    def _check(self, w: _Work) -> None:
+        if self.stopping and w.budget is not None:
+            w.budget.cancel("the server is shutting down")
+        if w.budget is not None:
+            w.budget.check()
+
+    def reload_if_replaced(self) -> None:
+        """Between requests: pick up the index's new build as a whole if `build --overwrite`
+        replaced it (store/generation.py); the model stays loaded."""
+        if self.base.is_current():
+            return
+        new = self.base.reopened()  # MiceIndexError (503) while the folder is being swapped
+        log.info("the index was replaced: reloaded %s (%d documents)", Path(new.reader.root).name, new.reader.num_docs)
+        self.base, self._explainer = new, None
+        self.variants = OrderedDict({self.settings_of(new.config): new})
+
+    def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict] | BudgetExceeded]:
+        """`_run` on the index's current build; a request that met a replacement mid-way is run
+        again, whole, on the new build (never answered from two builds)."""
+        self.reload_if_replaced()
+        try:
+            return self._run(settings, works)
+        except IndexChanged:
+            self.reload_if_replaced()
+            return self._run(settings, works)
+
+    def _run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict] | BudgetExceeded]:
+        """Every query of `works`, in passes of at most `chunk_work` candidates (queries x depth),
+        each work's budget checked before each pass that holds its queries -> per work, per query,
+        the hit records, or the BudgetExceeded that stopped it."""
         searcher = self.searcher(settings)
-        texts = [q for w in works for q in w.queries]
-        hits = searcher.search_texts(texts, max(w.k for w in works))  # a prefix of it is each k's list
-        out, i = [], 0
-        for w in works:
-            lists = []
-            for q, h in zip(w.queries, hits[i:i + len(w.queries)]):
-                h = h[:w.k]
-                expl = self.explainer().explain(q, h) if w.explain else [None] * len(h)
-                lists.append([hit_record(x, e, self.width) for x, e in zip(h, expl)])
-            out.append(lists)
-            i += len(w.queries)
+        k = max(w.k for w in works)  # a prefix of each list is each k's list
+        todo = [(j, q) for j, w in enumerate(works) for q in w.queries]
+        hits: dict[int, list] = {j: [] for j in range(len(works))}
+        failed: dict[int, BudgetExceeded] = {}
+        per_pass = max(1, self.chunk_work // max(1, settings.depth))
+        pos = passes = 0
+        while pos < len(todo):
+            chunk = []
+            while pos < len(todo) and len(chunk) < per_pass:
+                j, q = todo[pos]
+                pos += 1
+                if j in failed:
+                    continue
+                try:
+                    self._check(works[j])
+                except BudgetExceeded as exc:
+                    failed[j] = exc
+                    continue
+                chunk.append((j, q))
+            if chunk:
+                if passes:  # not the first pass: let the requests that arrived meanwhile run
+                    self.between_passes()
+                passes += 1
+                for (j, _), h in zip(chunk, searcher.search_texts([q for _, q in chunk], k)):
+                    hits[j].append(h)
+        out: list[list[dict] | BudgetExceeded] = []
+        for j, w in enumerate(works):
+            if j in failed:
+                out.append(failed[j])
+                continue
+            try:
+                lists = []
+                for q, h in zip(w.queries, hits[j]):
+                    h = h[:w.k]
+                    if w.explain:
+                        self._check(w)
+                    expl = self.explainer().explain(q, h) if w.explain else [None] * len(h)
+                    lists.append([hit_record(x, e, self.width) for x, e in zip(h, expl)])
+                out.append(lists)
+            except BudgetExceeded as exc:
+                out.append(exc)
         return out
 
 
@@ -177,12 +245,15 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> FastAPI:
+def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
+               limits: ServeLimits = ServeLimits()) -> FastAPI:
     """The service over an opened Searcher (its config gives the default settings; `k` the
-    default hits per query). The batch worker starts and stops with the app's lifespan."""
-    engine = _Engine(searcher)
+    default hits per query; `limits` what one request may ask, see serve/limits.py). The batch
+    worker starts and stops with the app's lifespan."""
+    engine = _Engine(searcher, chunk_work=limits.chunk_work)
     batcher = MicroBatcher(engine.run, batch)
-    num_docs = searcher.reader.num_docs
+    engine.between_passes = batcher.run_waiting
+    num_docs = searcher.reader.num_docs  # at start; requests read engine.base (reloaded with the index)
     base = searcher.config
 
     @asynccontextmanager
@@ -193,6 +264,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
         try:
             yield
         finally:
+            engine.stopping = True  # work still running ends at its next chunk (504)
             batcher.stop()
             log.info("batch worker stopped")
 
@@ -200,20 +272,10 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
                   description="Search a MICE index: first-stage candidates re-ranked by MICE over stored "
                               "document states. Errors are `{\"error\": message}` with status 400 (bad "
                               "parameters), 503 (queue full, shutting down) or 500.")
-    app.state.batcher, app.state.engine = batcher, engine
-
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            extra = getattr(request.state, "log", "")
-            log.info("%s %s %d %.1f ms%s", request.method, request.url.path, status,
-                     (time.perf_counter() - start) * 1000, extra)
+    app.state.batcher, app.state.engine, app.state.limits = batcher, engine, limits
+    install_error_handlers(app)
+    app.add_middleware(RequestLog)  # plain ASGI (FastAPI's http middleware hides client disconnects)
+    app.add_middleware(Guard, limits=limits)  # outermost: refuses before a body is read
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
@@ -226,13 +288,17 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
 
     @app.get("/health", summary="Liveness: the index and model are loaded.")
     def health() -> dict:
-        return {"status": "ok", "documents": num_docs, "pending": batcher.pending}
+        return {"status": "ok", "documents": engine.base.reader.num_docs, "pending": batcher.pending}
 
     @app.get("/info", summary="The index's summary (same as `mice-index info --json`).")
     def info() -> dict:
         from mice_index.store import index_info
 
-        return index_info(searcher.reader.root)
+        root = engine.base.reader.root
+        out = {**index_info(root), "path": Path(root).name}  # no server paths
+        if Path(str(out.get("model"))).is_absolute():  # a model given as a folder: its name only
+            out["model"] = Path(out["model"]).name
+        return out
 
     async def _search(req: SearchRequest, request: Request):
         start = time.perf_counter()
@@ -243,15 +309,26 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
             return _error(400, str(exc))
         request.state.log = (f" k={work.k} candidates={settings.candidates} depth={settings.depth} "
                              f"queries={len(work.queries)}{' explain' if work.explain else ''}")
+        budget = work.budget
         try:
-            lists = await batcher.submit(settings, work)
+            lists = await run_within_budget(batcher, settings, work, request)
+            if isinstance(lists, BudgetExceeded):
+                raise lists
         except (QueueFull, ShuttingDown) as exc:
             return _error(503, str(exc))
-        except MiceIndexError as exc:
+        except BudgetExceeded as exc:
+            request.state.log += f" stopped: {exc}"
+            return _error(504, str(exc))
+        except SearchError as exc:
             return _error(400, str(exc))
-        except Exception as exc:  # noqa: BLE001 - one request fails, the server stays up
+        except MiceIndexError as exc:  # index damage, a failing disk: the server's fault, paths stay here
+            log.error("search failed: %s", exc)
+            return _error(503, "the index cannot be read (the server log says why)")
+        except Exception:  # noqa: BLE001 - one request fails, the server stays up
             log.exception("search failed")
-            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+            return _error(500, "internal error (logged on the server)")
+        finally:
+            budget.cancel("done")
         return SearchResponse(
             results=[ResultOut(query=q, hits=h) for q, h in zip(work.queries, lists)],
             settings=SettingsOut(k=work.k, **settings._asdict()),
@@ -268,6 +345,11 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
                 raise SearchError("q: query is empty")
             if len(q) > MAX_QUERY_CHARS:
                 raise SearchError(f"q: a query may have at most {MAX_QUERY_CHARS} characters, got {len(q)}")
+            if invalid_unicode(q):
+                raise SearchError(f"q: {invalid_unicode(q)} (refused, never repaired)")
+        for name, value, most in (("k", req.k, limits.max_k), ("depth", req.depth, limits.max_depth)):
+            if value is not None and value > most:
+                raise SearchError(f"{name}: at most {most} on this server (--max-{name}), got {value}")
         changes = {name: value for name, value in
                    (("candidates", req.candidates), ("depth", req.depth), ("rerank", req.rerank)) if value is not None}
         if req.alpha is not None:
@@ -278,11 +360,19 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
         if config.rerank == "mice" and searcher.model is None:
             raise SearchError("rerank mice: this server was started without a MICE model (--rerank none)")
         # k and depth above the corpus size are clipped with a warning, as in the CLI
-        config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, num_docs))
-        k_ = clipped("--k", req.k, k, num_docs)
-        return _Engine.settings_of(config), _Work(queries, k_, req.explain)
+        n = engine.base.reader.num_docs
+        config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, n))
+        k_ = clipped("--k", req.k, k, n)
+        work = len(queries) * config.depth if config.rerank == "mice" else len(queries) * k_
+        if work > limits.max_work:
+            raise SearchError(f"queries x depth = {work} is above this server's limit of {limits.max_work} per "
+                              "request (--max-work): send fewer queries or a smaller depth")
+        if req.explain and len(queries) * k_ > limits.max_explain:
+            raise SearchError(f"explain: queries x k = {len(queries) * k_} explained hits is above this server's "
+                              f"limit of {limits.max_explain} (--max-explain)")
+        return _Engine.settings_of(config), _Work(queries, k_, req.explain, Budget(limits.request_timeout_s))
 
-    responses = {400: {"model": ErrorOut}, 503: {"model": ErrorOut}, 500: {"model": ErrorOut}}
+    responses = {code: {"model": ErrorOut} for code in (400, 413, 500, 503, 504)}
 
     @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True, responses=responses,
               summary="Search with a JSON body.")
@@ -303,6 +393,38 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+async def run_within_budget(batcher: MicroBatcher, settings: Settings, work: _Work, request: Request):
+    """Queue `work` and wait for it within its budget; a client that goes away cancels it. Still
+    queued at the deadline -> ShuttingDown-like 503 (QueueFull); running -> BudgetExceeded (504), the
+    worker stopping it at its next chunk."""
+    import asyncio
+
+    budget = work.budget
+    future = batcher.submit_future(settings, work)
+
+    async def watch_client():
+        while not future.done():
+            if await request.is_disconnected():
+                budget.cancel("the client disconnected")
+                future.cancel()
+                log.info("%s %s: client disconnected, request cancelled", request.method, request.url.path)
+                return
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.create_task(watch_client())
+    try:
+        remaining = max(0.0, budget.deadline - time.monotonic())
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), remaining)
+    except asyncio.TimeoutError:
+        budget.cancel(f"the request ran past its time budget ({budget.seconds:g} s, --request-timeout)")
+        if future.cancel():  # never started: the server is too busy
+            raise QueueFull(f"the server is busy: the request waited {budget.seconds:g} s (--request-timeout) "
+                            "without starting; try again shortly") from None
+        raise BudgetExceeded(budget.reason) from None
+    finally:
+        watcher.cancel()
 
 
 def _version() -> str:

@@ -71,6 +71,7 @@ class MicroBatcher:
         self._queue: queue.Queue = queue.Queue(maxsize=config.max_queue)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._nested = False  # inside run_waiting
         self.batches = 0  # collection rounds run (for logs and tests)
         self.largest_group = 0  # most requests that shared one run() call
 
@@ -134,14 +135,41 @@ class MicroBatcher:
                     break
                 jobs.append(job)
             self.batches += 1
-            groups: dict[Hashable, list[_Job]] = {}
-            for job in jobs:
-                if job.future.set_running_or_notify_cancel():  # False: the caller went away
-                    groups.setdefault(job.key, []).append(job)
-            for key, group in groups.items():
-                self.largest_group = max(self.largest_group, len(group))
-                self._run_group(key, group)
+            self._run_jobs(jobs)
         self._fail_queued()
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        groups: dict[Hashable, list[_Job]] = {}
+        for job in jobs:
+            if job.future.set_running_or_notify_cancel():  # False: the caller went away
+                groups.setdefault(job.key, []).append(job)
+        for key, group in groups.items():
+            self.largest_group = max(self.largest_group, len(group))
+            self._run_group(key, group)
+
+    def run_waiting(self) -> None:
+        """Called by `run` between the passes of a long request (on the worker thread): run the
+        requests that arrived meanwhile, each whole (they do not yield in turn), so that a long
+        request delays the others by one pass instead of all of it. No-op anywhere else."""
+        if self._nested or threading.current_thread() is not self._thread:
+            return
+        jobs = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                self._stopping.set()
+                break
+            jobs.append(job)
+        if not jobs:
+            return
+        self._nested = True
+        try:
+            self._run_jobs(jobs)
+        finally:
+            self._nested = False
 
     def _run_group(self, key: Hashable, group: list[_Job]) -> None:
         try:

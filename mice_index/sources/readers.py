@@ -25,7 +25,7 @@ from mice_index.sources._files import (
 )
 from mice_index.sources.records import Document, Query
 from mice_index.sources.seen import SeenIds
-from mice_index.text import check_text
+from mice_index.text import check_text, id_problem
 
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 _TSV_SUFFIXES = {".tsv"}  # other names (.txt, none): the first line decides
@@ -34,10 +34,9 @@ _TSV_SUFFIXES = {".tsv"}  # other names (.txt, none): the first line decides
 def _check_id(value: str, path: Path | str, where: str, kind: str) -> str:
     if not value.strip():
         raise SourceError(f"{path}:{where}: empty {kind} id")
-    if any(ch.isspace() for ch in value):
-        raise SourceError(
-            f"{path}:{where}: {kind} id {value!r} contains whitespace (ids are written to TREC run files)"
-        )
+    problem = id_problem(value)
+    if problem:
+        raise SourceError(f"{path}:{where}: {kind} id {value!r} {problem}")
     return value
 
 

@@ -9,9 +9,9 @@ from importlib import import_module
 
 from mice_index.store.layout import FORMAT_VERSION
 
-__all__ = ["FORMAT_VERSION", "IndexReader", "ShardWriter", "index_info", "read_manifest", "verify_shards"]
+__all__ = ["FORMAT_VERSION", "IndexChanged", "IndexReader", "ShardWriter", "index_info", "read_manifest", "verify_shards"]
 
-_HOMES = {"IndexReader": "reader", "ShardWriter": "writer", "index_info": "manifest",
+_HOMES = {"IndexChanged": "generation", "IndexReader": "reader", "ShardWriter": "writer", "index_info": "manifest",
           "read_manifest": "manifest", "verify_shards": "manifest"}
 
 

@@ -83,6 +83,35 @@ def staging_dir(root: Path) -> Path:
     return root.parent / f"{TMP_PREFIX}{root.name}"
 
 
+def is_index_manifest(payload: Any) -> bool:
+    """True for what a mice-index build writes as its manifest (a JSON object with a format
+    version, shard list, codec and model entries)."""
+    return (isinstance(payload, dict) and isinstance(payload.get("format_version"), int)
+            and isinstance(payload.get("shards"), list) and isinstance(payload.get("codec"), dict)
+            and isinstance(payload.get("model"), dict))
+
+
+def check_replaceable(root: Path) -> None:
+    """A build writes into (and `--overwrite` replaces, i.e. deletes) the folder `root` holding a
+    manifest.json only when it is a mice-index manifest, or an unreadable one in a folder holding
+    nothing but index files (a damaged index); IndexError_ with one line otherwise (another
+    program's manifest.json). Nothing is touched."""
+    path = root / MANIFEST
+    try:
+        payload = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        known = {MANIFEST, MANIFEST + ".tmp", SHARDS_DIR, CODEC_DIR, BM25_DIR, DENSE_DIR, ".lock"}
+        if (root / SHARDS_DIR).is_dir() and all(e.name in known or e.name.startswith(TMP_PREFIX)
+                                                for e in root.iterdir()):
+            return  # a damaged index (its manifest unreadable): nothing but index files to replace
+        raise IndexError_(f"{path}: cannot read it as a mice-index manifest ({type(exc).__name__}) and the folder "
+                          "holds other files: it is not an index that can be resumed or replaced; choose another "
+                          "--index (or remove the folder yourself)") from None
+    if not is_index_manifest(payload):
+        raise IndexError_(f"{path}: not a mice-index manifest (another program's?): this folder is not an index "
+                          "that can be resumed or replaced; choose another --index")
+
+
 def replace_dir(new: Path, final: Path) -> None:
     """Put the complete folder `new` in place of `final` (rename final away, rename new in, then
     delete the old one). Killed between the two renames, `final` is missing and `new` is still

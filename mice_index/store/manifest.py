@@ -28,7 +28,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / L.MANIFEST
     manifest = L.read_json(path, "index manifest (not an index folder, or the build never started)")
     if not isinstance(manifest, dict) or "format_version" not in manifest:
-        raise L.damaged(path, "not an index manifest")
+        raise IndexError_(f"{path}: not a mice-index manifest (this folder holds no mice-index index; choose "
+                          "another --index)")
     if manifest.get("format_version") not in L.READABLE_VERSIONS:
         raise IndexError_(f"{path}: unsupported index format version {manifest.get('format_version')!r} "
                           f"(this library reads {', '.join(map(str, L.READABLE_VERSIONS))})")

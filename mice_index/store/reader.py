@@ -14,10 +14,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import zarr
 
-from mice_index.codec import Codec, Parts, codec_from_params
+from mice_index.codec import Codec, Parts
 from mice_index.errors import IndexBusyError, IndexError_
 from mice_index.sources import seen
 from mice_index.store import layout as L
+from mice_index.store.codecs import load_codec  # noqa: F401 (re-exported)
+from mice_index.store.generation import Generation, IndexChanged  # noqa: F401 (re-exported)
 from mice_index.store.lock import LOCK, is_locked  # noqa: F401
 from mice_index.store.manifest import index_info, read_manifest, verify_shards  # noqa: F401 (re-exported)
 
@@ -28,23 +30,6 @@ _MISSING = np.uint64(2**64 - 1)
 # above it only file sizes, and `mice-index info --verify` checks the crc32c
 CANDIDATE_CRC_BYTES = 64 << 20
 GROUP_CACHE = 64  # Parquet row groups (≈ one encoded window of documents each) kept by IndexReader
-
-
-def load_codec(root: Path, manifest: dict[str, Any]) -> Codec:
-    """The index's codec from its stored parameters, checked against the manifest's fingerprint."""
-    arrays = {}
-    for name in manifest["codec"].get("arrays", []):
-        path = Path(root) / L.CODEC_DIR / f"{name}.npy"
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise L.damaged(path, f"cannot read codec parameters ({exc})", root) from None
-    codec = codec_from_params(manifest["codec"]["config"], arrays)
-    want = manifest["codec"].get("fingerprint")
-    if want is not None and codec.fingerprint() != want:
-        raise L.damaged(Path(root) / L.CODEC_DIR, f"codec parameters changed (fingerprint {codec.fingerprint()}, "
-                        f"manifest {want})", root)
-    return codec
 
 
 def _crc32c(buf) -> bytes:
@@ -62,6 +47,7 @@ class _Column:
         self.n, self.width = arr.shape
         self.dtype = np.dtype(arr.dtype)
         self.maps: list[np.ndarray] | None = None
+        self.opened = lambda: None  # the generation check after a by-path open (set by _Shard)
         self.crcs: list[np.ndarray] | None = None  # per zarr shard: [chunks] stored crc32c (format 2)
         self.chunks: list[np.ndarray] | None = None  # per zarr shard: [chunks, chunk_bytes] raw bytes
         layout = self._layout()
@@ -136,7 +122,11 @@ class _Column:
         [a, b); `verify`: check each touched chunk's crc32c first."""
         if self.maps is None:
             try:
-                return [[self.arr[a:b]] for a, b in ranges]
+                out = [[self.arr[a:b]] for a, b in ranges]  # zarr opens the chunk files by path
+                self.opened()
+                return out
+            except IndexChanged:
+                raise
             except Exception as exc:  # noqa: BLE001 - zarr raises ValueError / codec errors for bad bytes
                 raise self._damaged(self.path, f"zarr cannot read it ({str(exc).splitlines()[0][:120]})") from None
         out, S, C = [], self.shard_rows, self.chunk_rows
@@ -167,6 +157,7 @@ class _Shard:
         self.dir = root / L.SHARDS_DIR / info["name"]
         self.start, self.num_docs = info["start_row"], info["num_docs"]
         self._names = columns
+        self.opened = lambda: None  # called after each by-path open (IndexReader: its generation check)
 
     def damaged(self, path: Path, detail: str) -> IndexError_:
         return L.damaged(path, detail, self.root, self.name)
@@ -174,13 +165,17 @@ class _Shard:
     @cached_property
     def group(self) -> zarr.Group:
         try:
-            return zarr.open_group(str(self.dir / L.STATES), mode="r")
+            group = zarr.open_group(str(self.dir / L.STATES), mode="r")
         except Exception as exc:  # noqa: BLE001 - zarr raises several types for a broken store
             raise self.damaged(self.dir / L.STATES, f"cannot open zarr group ({exc})") from None
+        self.opened()
+        return group
 
     def _array(self, name: str) -> zarr.Array:
         try:
             return self.group[name]
+        except IndexChanged:
+            raise
         except Exception as exc:  # noqa: BLE001 - KeyError for a missing array, ValueError for bad metadata
             raise self.damaged(self.dir / L.STATES / name, f"cannot open zarr array ({exc})") from None
 
@@ -200,9 +195,12 @@ class _Shard:
     @cached_property
     def columns(self) -> dict[str, _Column]:
         cols = {k: _Column(self._array(k), self.dir / L.STATES / k, self.root, self.name) for k in self._names}
+        for c in cols.values():
+            c.opened = self.opened
         for k, c in cols.items():
             if c.n != self.offsets[-1]:
                 raise self.damaged(self.dir / L.STATES / k, f"holds {c.n} tokens, the offsets say {self.offsets[-1]}")
+        self.opened()
         return cols
 
     def table(self, columns: list[str], group: int | None = None):
@@ -212,7 +210,10 @@ class _Shard:
             # ParquetFile reads the file directly; read_table goes through pyarrow.dataset, whose
             # import pulls in pandas (a large share of a cold `search --query`)
             f = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
+            self.opened()
             return f.read(columns=columns) if group is None else f.read_row_group(group, columns=columns)
+        except IndexChanged:
+            raise
         except FileNotFoundError:
             raise self.damaged(path, "document table missing") from None
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
@@ -225,6 +226,9 @@ class _Shard:
         path = self.dir / L.DOCS
         try:
             meta = pq.ParquetFile(path, memory_map=True).metadata
+            self.opened()
+        except IndexChanged:
+            raise
         except FileNotFoundError:
             raise self.damaged(path, "document table missing") from None
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
@@ -243,7 +247,10 @@ class IndexReader:
         self.root, self.manifest = Path(root), manifest
         self.codec: Codec = load_codec(self.root, manifest)
         cols = list(self.codec.columns())
+        self.generation = Generation(self.root, manifest)  # the build this reader holds
         self._shards = [_Shard(self.root, s, cols) for s in manifest["shards"]]
+        for s in self._shards:
+            s.opened = self.generation.check
         self._starts = [s.start for s in self._shards]
         self._groups: OrderedDict[tuple[int, int, bool], Any] = OrderedDict()  # row groups read lately
         self._id_hashes: tuple[np.ndarray, np.ndarray] | None = None  # for row_of, built on first use
@@ -470,6 +477,7 @@ class IndexReader:
                 mats.append(np.load(s.dir / L.DENSE, mmap_mode="r"))
             except (OSError, ValueError, EOFError) as exc:
                 raise s.damaged(s.dir / L.DENSE, f"cannot read dense vectors ({exc})") from None
+        self.generation.check()
         if rows is None:
             return np.concatenate(mats) if mats else None
         shard, local = self._locate(rows)
