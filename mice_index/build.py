@@ -32,6 +32,7 @@ from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
+from mice_index.store.manifest import complete_index_error
 from mice_index.store.reader import index_info, load_codec, read_manifest
 from mice_index.store.writer import ShardWriter
 
@@ -150,7 +151,7 @@ class _Builder:
         if (root / L.MANIFEST).exists():
             m = read_manifest(root)
             if m.get("complete"):
-                raise IndexError_(f"{root}: already holds a complete index; pass --overwrite to rebuild it")
+                raise complete_index_error(root)
             if m["model"]["fingerprint"] != self.fingerprint:
                 raise IndexError_(
                     f"{root}: holds states of another model (fingerprint {m['model']['fingerprint']}, "

@@ -23,10 +23,10 @@ def score_command(
     query: Annotated[str, typer.Option("--query", "-q", help="Query text.")],
     corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder, JSONL or TSV file (.gz/.bz2/.xz ok) or irds:<id>.")],
     model: Annotated[str, typer.Option("--model", help="MICE checkpoint, HF folder or hub id.")] = "default",
-    k: Annotated[Optional[int], typer.Option("--k", help="How many documents to print [default: 10; "
+    k: Annotated[Optional[int], typer.Option("--k", help="How many documents to print \\[default: 10; "
                                              "clipped to the corpus size].")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")] = 32,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table. \\[default: off]")] = False,
 ) -> None:
     """Score every document of a small corpus against QUERY with the MICE model, from text."""
     if not check_argument(query, "--query", SearchError).strip():

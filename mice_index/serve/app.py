@@ -3,8 +3,10 @@
     app = create_app(Searcher.open("idx/"))        # model and index loaded once, by the caller
     uvicorn.run(app, host="127.0.0.1", port=8080)  # or: mice-index serve --index idx/
 
-Endpoints: `GET /health`, `GET /info` (= `mice-index info --json`), `GET|POST /search` (JSON),
-`GET /` (a search page), `GET /docs` and `/openapi.json` (FastAPI's description). The app only
+Endpoints: `GET /health`, `GET /info` (= `mice-index info --json`), `GET /settings` (the
+server's defaults, which the page starts from), `GET|POST /search` (JSON), `GET /` (a search page),
+`GET /docs` (Swagger UI, its assets served from the `swagger-ui-bundle` package: no CDN, works
+offline) and `/openapi.json`. The app only
 parses, validates and formats: every search goes through `Searcher.search_texts`, batched across
 concurrent requests by `MicroBatcher`, so results equal `Searcher.search` with the same settings.
 Bad parameters get 400 with the library's own message (`{"error": ...}`), a full queue or a
@@ -80,6 +82,8 @@ class HitOut(BaseModel):
 class ResultOut(BaseModel):
     query: str
     hits: list[HitOut]
+    note: str | None = Field(None, description="How the candidates were found when not as asked, e.g. the "
+                                               "BM25 -> dense fallback of a query with no BM25 term.")
 
 
 class SettingsOut(BaseModel):
@@ -98,6 +102,23 @@ class SearchResponse(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
+
+
+class ExplainOut(BaseModel):
+    method: str = Field(description="maxsim (the cls+maxsim head's matches) or cross-attention (the cls head).")
+    min_similarity: float | None = Field(description="maxsim: matches below this cosine are not shown.")
+    text: str = Field(description="What the highlights show, in words.")
+
+
+class ServerSettingsOut(BaseModel):
+    k: int
+    candidates: str
+    depth: int
+    rerank: str
+    alpha: float = Field(description="The interpolation weight in use (the model's recommendation unless set).")
+    model: str = Field(description="The MICE model's name (the shipped default's own name for 'default').")
+    bm25_fallback: str = Field(description="What happens to a query with no BM25 term.")
+    explain: ExplainOut
 
 
 # -- the work handed to the batcher --
@@ -156,30 +177,70 @@ class _Engine:
             self._explainer = Explainer(model, self.base.reader)
         return self._explainer
 
-    def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict]]:
-        """One pass for every query of `works` -> per work, per query, the hit records."""
+    def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[tuple[list[dict], str | None]]]:
+        """One pass for every query of `works` -> per work, per query, (the hit records, a note
+        when its candidates came from the BM25 -> dense fallback)."""
         searcher = self.searcher(settings)
         texts = [q for w in works for q in w.queries]
         hits = searcher.search_texts(texts, max(w.k for w in works))  # a prefix of it is each k's list
+        fallback = searcher.dense_fallback(texts)
         out, i = [], 0
         for w in works:
             lists = []
-            for q, h in zip(w.queries, hits[i:i + len(w.queries)]):
+            for q, h, f in zip(w.queries, hits[i:i + len(w.queries)], fallback[i:i + len(w.queries)]):
                 h = h[:w.k]
                 expl = self.explainer().explain(q, h) if w.explain else [None] * len(h)
-                lists.append([hit_record(x, e, self.width) for x, e in zip(h, expl)])
+                lists.append(([hit_record(x, e, self.width) for x, e in zip(h, expl)], FALLBACK_NOTE if f else None))
             out.append(lists)
             i += len(w.queries)
         return out
+
+
+FALLBACK_NOTE = "no query term is in the BM25 vocabulary (only stopwords?): dense candidates were used"
+
+
+def explain_description(model) -> dict:
+    """What `explain` shows for `model` (ExplainOut)."""
+    from mice_index.explain import MIN_SIMILARITY
+
+    if model is not None and model.interaction.late is not None:
+        return {"method": "maxsim", "min_similarity": MIN_SIMILARITY,
+                "text": "Highlighted: for each query word, the document words its tokens match best in the "
+                        f"model's MaxSim term (learned cosine); matches below a cosine of {MIN_SIMILARITY} are "
+                        "not shown, so a hit may have none. Stopwords and punctuation are never listed."}
+    return {"method": "cross-attention", "min_similarity": None,
+            "text": "Highlighted: for each query word, the two document words it attended to most in MICE's "
+                    "cross-attention (attention always sums to one, so every hit has some). Stopwords and "
+                    "punctuation are never listed."}
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """GET /docs: Swagger UI with its assets from the swagger-ui-bundle package (offline)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        log.warning("swagger-ui-bundle is not installed: no /docs page (/openapi.json is served)")
+        return
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="openapi.json", title="mice-index API",
+                                   swagger_js_url="docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="docs-assets/favicon-32x32.png")
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> FastAPI:
+def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10, model_name: str | None = None) -> FastAPI:
     """The service over an opened Searcher (its config gives the default settings; `k` the
-    default hits per query). The batch worker starts and stops with the app's lifespan."""
+    default hits per query; `model_name` the name shown, default: the index's model). The batch
+    worker starts and stops with the app's lifespan."""
     engine = _Engine(searcher)
     batcher = MicroBatcher(engine.run, batch)
     num_docs = searcher.reader.num_docs
@@ -196,7 +257,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
             batcher.stop()
             log.info("batch worker stopped")
 
-    app = FastAPI(title="mice-index", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="mice-index", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Search a MICE index: first-stage candidates re-ranked by MICE over stored "
                               "document states. Errors are `{\"error\": message}` with status 400 (bad "
                               "parameters), 503 (queue full, shutting down) or 500.")
@@ -228,6 +289,19 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
     def health() -> dict:
         return {"status": "ok", "documents": num_docs, "pending": batcher.pending}
 
+    @app.get("/settings", response_model=ServerSettingsOut,
+             summary="The server's defaults (from `mice-index serve` options) and what explain shows.")
+    def settings() -> dict:
+        from mice_index.search import resolve_alpha
+
+        name = model_name or searcher.reader.manifest["model"]["name"]
+        return {"k": k, "candidates": base.candidates, "depth": base.depth, "rerank": base.rerank,
+                "alpha": resolve_alpha(base.alpha, engine.base.model), "model": display_model_name(name),
+                "bm25_fallback": "a query with no BM25 term (only stopwords?) gets dense candidates"
+                                 if searcher.reader.dense_path is not None else "a query with no BM25 term is an error "
+                                 "(the index has no dense vectors)",
+                "explain": explain_description(engine.base.model)}
+
     @app.get("/info", summary="The index's summary (same as `mice-index info --json`).")
     def info() -> dict:
         from mice_index.store import index_info
@@ -253,7 +327,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
             log.exception("search failed")
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
         return SearchResponse(
-            results=[ResultOut(query=q, hits=h) for q, h in zip(work.queries, lists)],
+            results=[ResultOut(query=q, hits=h, note=n) for q, (h, n) in zip(work.queries, lists)],
             settings=SettingsOut(k=work.k, **settings._asdict()),
             took_ms=round((time.perf_counter() - start) * 1000, 2))
 
@@ -302,7 +376,15 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10) -> Fas
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _docs_routes(app)
     return app
+
+
+def display_model_name(name: str) -> str:
+    """"default" -> the shipped default model's own name; any other name unchanged."""
+    from mice_index.defaults import DEFAULT_MODEL_DIR
+
+    return f"{DEFAULT_MODEL_DIR.name} (default)" if name == "default" else name
 
 
 def _version() -> str:
