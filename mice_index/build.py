@@ -434,9 +434,9 @@ def build_index(
     t0 = time.perf_counter()
     total = count_documents(corpus)  # also fails fast (before loading the model) on a missing corpus
     _peek(corpus, config)  # ... a first document that cannot be read, a corrupt compressed file
-    builder = _Builder(corpus, Path(index), config, model, progress, encoder_factory)
-    if total_callback is not None:
+    if total_callback is not None:  # before the model loads: no "0/?" while it does
         total_callback(total)
+    builder = _Builder(corpus, Path(index), config, model, progress, encoder_factory)
     created = not Path(index).exists()
     try:
         encoded = builder.run()

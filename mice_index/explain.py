@@ -245,12 +245,16 @@ def highlight_snippet(text: str, spans: Sequence[tuple[int, int]] = (), width: i
 
 def hit_record(hit, explanation: Explanation | None = None, width: int = 200) -> dict:
     """A search.Hit as a JSON-able record (`mice-index search --json` and the server share it):
-    rank, doc_id, score, title, snippet; with an explanation also `highlights` ([start, end)
-    offsets in the snippet of each query word's HIGHLIGHT_BEST best matches) and `matches` (query word -> the
+    rank, doc_id, score, title, snippet (of the text, without the title); with an explanation also
+    `highlights` ([start, end) offsets in the snippet of each query word's HIGHLIGHT_BEST best matches) and `matches` (query word -> the
     document words it attended to most, weights and their offsets in the document text)."""
-    text = explanation.text if explanation is not None else (f"{hit.title} {hit.text}".strip() if hit.title else hit.text)
+    # the snippet is cut from the text alone (the title is its own field, shown apart): spans are
+    # offsets in title + " " + text, so they move left by the title's length and those inside the
+    # title are left out
+    body = len(hit.title) + 1 if hit.title else 0
     spans = explanation.spans(best=HIGHLIGHT_BEST) if explanation is not None else []
-    snippet, marks = highlight_snippet(text, spans, width)
+    spans = [(a - body, b - body) for a, b in spans if a >= body]
+    snippet, marks = highlight_snippet(hit.text, spans, width)
     record = {"rank": hit.rank, "doc_id": hit.doc_id, "score": round(float(hit.score), 6),
               "title": hit.title, "snippet": snippet}
     if explanation is not None:

@@ -216,8 +216,10 @@ def test_hit_record_with_and_without_explanation(searcher):
     assert set(plain) == {"rank", "doc_id", "score", "title", "snippet"}
     assert explained["score"] == plain["score"] and explained["doc_id"] == "coral"
     assert [m["query_word"] for m in explained["matches"]] == ["coral", "bleaching", "algae"]
-    best = {(a, b) for m in ex.matches for w in m.words[:2] for a, b in w.spans}
+    body = len(hit.title) + 1 if hit.title else 0  # the snippet is of the text; the title is its own field
+    best = {(a, b) for m in ex.matches for w in m.words[:2] for a, b in w.spans if a >= body}
     assert {explained["snippet"][a:b] for a, b in explained["highlights"]} == {ex.text[a:b] for a, b in best}
+    assert not plain["snippet"].startswith(hit.title) or not hit.title or hit.text.startswith(hit.title)
     json.dumps(explained)
 
 

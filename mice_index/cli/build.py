@@ -10,24 +10,11 @@ import typer
 from rich.console import Console
 
 from mice_index.cli import app
+from mice_index.cli.progress import task_progress
 from mice_index.choices import CODEC_NAMES
 from mice_index.errors import MiceIndexError, os_errors
 from mice_index.store.manifest import complete_index_error, index_info, read_manifest, verify_shards
 from mice_index.text import check_argument
-
-
-def _docs_per_second():
-    from rich.progress import TextColumn
-
-    class DocsPerSecond(TextColumn):
-        def __init__(self):
-            super().__init__("")
-
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return super().render(task) if speed is None else f"{speed:,.0f} docs/s"  # type: ignore[return-value]
-
-    return DocsPerSecond()
 
 
 def _peek_corpus(corpus: str, id_field: str, text_field: str, title_field: str) -> None:
@@ -78,7 +65,7 @@ def build_command(
     id_field: Annotated[str, typer.Option("--id-field", help="JSONL field holding the document id.")] = "_id",
     text_field: Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")] = "text",
     title_field: Annotated[str, typer.Option("--title-field", help="JSONL field holding the title.")] = "title",
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar. \\[default: off]")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress (a bar in a terminal, else a line every 10 s). \\[default: off]")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (a pool of Ray actors, "
                                                          "needs mice-index[ray]).")] = "local",
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join \\[default: start a "
@@ -111,9 +98,6 @@ def build_command(
         raise err
     _peek_corpus(corpus, id_field, text_field, title_field)
 
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
     from mice_index.build import BuildConfig, build_index
     from mice_index.distributed.cli import build_distributed, wants_distributed
 
@@ -125,14 +109,8 @@ def build_command(
         id_field=id_field, text_field=text_field, title_field=title_field,
     )
     console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]encode"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _docs_per_second(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet,
-    )
-    with progress, os_errors(index, "building the index"):
-        task = progress.add_task("encode", total=None)
-        hooks = {"progress": lambda n: progress.advance(task, n),
-                 "total_callback": lambda total: progress.update(task, total=total)}
+    with task_progress("encode", "docs", console, quiet=quiet) as progress, os_errors(index, "building the index"):
+        hooks = {"progress": progress.advance, "total_callback": progress.set_total}
         if wants_distributed(engine, num_shards, shard_id):
             result = build_distributed(corpus, index, config, engine=engine, ray_address=ray_address,
                                        num_workers=num_workers, num_shards=num_shards, shard_id=shard_id, **hooks)

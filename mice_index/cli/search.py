@@ -107,18 +107,16 @@ def search_command(
         explanations = _explain(searcher, index, model, query, hits) if explain else [None] * len(hits)
         _print_hits(query, hits, explanations, as_json, f"{candidates}{' → MICE' if rerank == 'mice' else ''}")
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from mice_index.cli.progress import task_progress
     from mice_index.runs import write_run
     from mice_index.sources import read_queries
 
     qs = list(read_queries(queries))
     searcher = Searcher.open(index, model=model, config=config)
     console = Console(stderr=True)
-    with Progress(TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("queries", total=len(qs))
-        results = searcher.search_many(qs, k=k, progress=lambda n: bar.advance(task, n))
+    with task_progress("search", "queries", console, transient=True) as bar:
+        bar.set_total(len(qs))
+        results = searcher.search_many(qs, k=k, progress=bar.advance)
     with os_errors(run, "writing the run file"):
         write_run(run, results, tag=run_tag)
     console.print(f"wrote {sum(map(len, results.values()))} results for {len(results)} queries to {run}",
@@ -151,6 +149,8 @@ def _print_hits(query: str, hits, explanations, as_json: bool, pipeline: str) ->
         cell = Text(record["snippet"])
         for a, b in record.get("highlights", []):
             cell.stylize("bold black on yellow", a, b)
+        if h.title:  # the snippet is of the text; the title goes above it
+            cell = Text.assemble((h.title, "bold"), "\n", cell)
         if e is not None:
             cell.append("\n" + "; ".join(f"{m['query_word']} → " + (", ".join(w["word"] for w in m["words"]) or "–")
                                          for m in record["matches"]), style="dim")
