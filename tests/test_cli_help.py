@@ -53,3 +53,10 @@ def test_search_k_help_keeps_its_bracketed_default(monkeypatch):
     assert "[default: 10 for one query" in rows["--k"]
     assert "[default: the index's model]" in rows["--model"]
     assert "0 = pure MICE [default: the model's recommended alpha]" in rows["--alpha"].replace("  ", " ")
+
+
+def test_explain_help_states_the_threshold_in_use(monkeypatch):
+    from mice_index.explain import MIN_SIMILARITY
+
+    text = " ".join(options_help("search", monkeypatch)["--explain"].split())
+    assert f"below a cosine of {MIN_SIMILARITY}" in text and "MaxSim" in text

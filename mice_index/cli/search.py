@@ -67,8 +67,11 @@ def search_command(
     remove_query: Annotated[bool, typer.Option("--remove-query", help="Batch: leave out a document whose id "
                                                "equals the query id (BEIR arguana, quora). \\[default: off]")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON. \\[default: off]")] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="One query: show which document words each query "
-                                          "word attended to (MICE cross-attention) and highlight them.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="One query: show and highlight the document words "
+                                          "each query word matched: its best MaxSim match for a cls+maxsim model "
+                                          "(the default; none below a cosine of 0.5, so a hit may have none), the "
+                                          "words it attended to most for a cls model (MICE cross-attention). "
+                                          "\\[default: off]")] = False,
 ) -> None:
     """Search an index: first-stage candidates, then MICE re-ranking over stored states."""
     # Every check that needs no model comes first, before torch is imported (an error in < 0.5 s).
