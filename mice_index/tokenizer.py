@@ -89,6 +89,15 @@ class FastTokenizer:
             setattr(self, name, self.special_tokens.get(name))
             setattr(self, name + "_id", vocab.get(self.special_tokens[name]) if name in self.special_tokens else None)
 
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle (Ray workers): the lock is per object
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @classmethod
     def from_pretrained(cls, path: str | Path) -> FastTokenizer:
         fast = load_fast_tokenizer(Path(path))

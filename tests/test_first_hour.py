@@ -5,8 +5,10 @@ when stderr is not a terminal, honest explanations."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import pickle
 import os
 import subprocess
 import sys
@@ -108,8 +110,10 @@ def test_saved_tokenizer_reloads_equal(tmp_path):
     assert again is not None and again.backend_tokenizer.to_str() != ""
     assert json.loads((tmp_path / "tokenizer.json").read_text())["truncation"] is None
     texts = ["Héllo wörld", "naïve café 東京 " * 50]
-    assert again(texts, truncation=True, max_length=32)["input_ids"] == \
-        model.tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+    want = model.tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+    assert again(texts, truncation=True, max_length=32)["input_ids"] == want
+    for copied in (copy.deepcopy(model.tokenizer), pickle.loads(pickle.dumps(model.tokenizer))):  # Ray, with_config
+        assert copied(texts, truncation=True, max_length=32)["input_ids"] == want
 
 
 # -- 7. shipped model names --
