@@ -120,6 +120,11 @@ class FastTokenizer:
     def __len__(self) -> int:
         return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def convert_tokens_to_ids(self, tokens):
+        if isinstance(tokens, str):
+            return self.backend_tokenizer.token_to_id(tokens)
+        return [self.backend_tokenizer.token_to_id(t) for t in tokens]
+
     def convert_ids_to_tokens(self, ids):
         if isinstance(ids, int):
             return self.backend_tokenizer.id_to_token(ids)

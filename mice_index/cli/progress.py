@@ -25,8 +25,10 @@ class LineProgress:
     """Progress as one plain line every `every` seconds, and one at the end, e.g.
     "encode: 4,096/30,000 docs (13.7%), 120 docs/s, elapsed 0:00:34, ETA 0:03:36"."""
 
-    def __init__(self, label: str, unit: str, console: Console, every: float = LOG_EVERY, clock=time.monotonic):
+    def __init__(self, label: str, unit: str, console: Console, every: float = LOG_EVERY, clock=time.monotonic,
+                 final: bool = True):
         self.label, self.unit, self.console, self.every, self.clock = label, unit, console, every, clock
+        self.final = final  # a last line at the end (False: the command prints its own summary)
         self.total: int | None = None
         self.done = 0
         self.start = self.last = clock()
@@ -35,7 +37,7 @@ class LineProgress:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
-        if kind is None and self.done:
+        if kind is None and self.done and self.final:
             self._line()
 
     def set_total(self, total: int | None) -> None:
@@ -110,7 +112,8 @@ def _Rate(unit: str):
 
 def task_progress(label: str, unit: str, console: Console, quiet: bool = False, transient: bool = False,
                   every: float = LOG_EVERY):
-    """BarProgress in a terminal, LineProgress otherwise (nothing at all with `quiet`)."""
+    """BarProgress in a terminal, LineProgress otherwise (nothing at all with `quiet`; `transient`:
+    the bar disappears at the end, and no last line is logged)."""
     if quiet or console.is_terminal:
         return BarProgress(label, unit, console, quiet=quiet, transient=transient)
-    return LineProgress(label, unit, console, every=every)
+    return LineProgress(label, unit, console, every=every, final=not transient)
