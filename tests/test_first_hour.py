@@ -52,6 +52,7 @@ def test_argument_and_path_errors_come_before_torch(built, tmp_path):  # noqa: F
         (["search", "--index", idx, "--query", "bees", "--alpha", "2"], "--alpha must be in [0, 1]"),
         (["search", "--index", idx, "--query", "bees", "--run", tmp_path / "r.run"], "--run applies to --queries"),
         (["search", "--index", idx, "--queries", q, "--run", tmp_path / "r.run", "--json"], "--json works with one"),
+        (["search", "--index", idx, "--queries", tmp_path / "none.tsv", "--run", tmp_path / "r.run"], "none.tsv"),
         (["build", "--corpus", sample_collection(), "--index", idx], "already holds a complete index"),
         (["build", "--corpus", tmp_path / "missing.jsonl", "--index", tmp_path / "new"], "missing.jsonl"),
         (["build", "--corpus", sample_collection(), "--index", tmp_path / "new", "--codec", "zip"], "unknown codec"),

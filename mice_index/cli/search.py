@@ -100,6 +100,10 @@ def search_command(
     if query is not None and not query.strip():
         raise SearchError("--query is empty")
     read_manifest(index)  # a missing or damaged index folder, named
+    if queries is not None:
+        from mice_index.sources import read_queries
+
+        qs = list(read_queries(queries))  # a bad queries file is refused before torch is imported
     config = search_config(candidates, depth, rerank, dtype, device, alpha=alpha, remove_query=remove_query,
                            quantize=quantize)
     from mice_index.search import Searcher
@@ -112,9 +116,7 @@ def search_command(
         return
     from mice_index.cli.progress import task_progress
     from mice_index.runs import write_run
-    from mice_index.sources import read_queries
 
-    qs = list(read_queries(queries))
     searcher = Searcher.open(index, model=model, config=config)
     console = Console(stderr=True)
     with task_progress("search", "queries", console, transient=True) as bar:
