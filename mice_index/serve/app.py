@@ -34,6 +34,8 @@ from mice_index.errors import MiceIndexError, SearchError
 from mice_index.explain import Explainer, hit_record
 from mice_index.search import clipped
 from mice_index.serve.batching import BatchConfig, MicroBatcher, QueueFull, ShuttingDown
+from mice_index.serve.ui import (FALLBACK_NOTE, ServerSettingsOut, display_model_name, docs_routes,
+                                explain_description)
 
 log = logging.getLogger("mice_index.serve")
 
@@ -102,23 +104,6 @@ class SearchResponse(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
-
-
-class ExplainOut(BaseModel):
-    method: str = Field(description="maxsim (the cls+maxsim head's matches) or cross-attention (the cls head).")
-    min_similarity: float | None = Field(description="maxsim: matches below this cosine are not shown.")
-    text: str = Field(description="What the highlights show, in words.")
-
-
-class ServerSettingsOut(BaseModel):
-    k: int
-    candidates: str
-    depth: int
-    rerank: str
-    alpha: float = Field(description="The interpolation weight in use (the model's recommendation unless set).")
-    model: str = Field(description="The MICE model's name (the shipped default's own name for 'default').")
-    bm25_fallback: str = Field(description="What happens to a query with no BM25 term.")
-    explain: ExplainOut
 
 
 # -- the work handed to the batcher --
@@ -194,43 +179,6 @@ class _Engine:
             out.append(lists)
             i += len(w.queries)
         return out
-
-
-FALLBACK_NOTE = "no query term is in the BM25 vocabulary (only stopwords?): dense candidates were used"
-
-
-def explain_description(model) -> dict:
-    """What `explain` shows for `model` (ExplainOut)."""
-    from mice_index.explain import MIN_SIMILARITY
-
-    if model is not None and model.interaction.late is not None:
-        return {"method": "maxsim", "min_similarity": MIN_SIMILARITY,
-                "text": "Highlighted: for each query word, the document words its tokens match best in the "
-                        f"model's MaxSim term (learned cosine); matches below a cosine of {MIN_SIMILARITY} are "
-                        "not shown, so a hit may have none. Stopwords and punctuation are never listed."}
-    return {"method": "cross-attention", "min_similarity": None,
-            "text": "Highlighted: for each query word, the two document words it attended to most in MICE's "
-                    "cross-attention (attention always sums to one, so every hit has some). Stopwords and "
-                    "punctuation are never listed."}
-
-
-def _docs_routes(app: FastAPI) -> None:
-    """GET /docs: Swagger UI with its assets from the swagger-ui-bundle package (offline)."""
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
-        log.warning("swagger-ui-bundle is not installed: no /docs page (/openapi.json is served)")
-        return
-    from fastapi.openapi.docs import get_swagger_ui_html
-
-    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs():
-        return get_swagger_ui_html(openapi_url="openapi.json", title="mice-index API",
-                                   swagger_js_url="docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="docs-assets/favicon-32x32.png")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -376,15 +324,8 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10, model_
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    _docs_routes(app)
+    docs_routes(app)
     return app
-
-
-def display_model_name(name: str) -> str:
-    """"default" -> the shipped default model's own name; any other name unchanged."""
-    from mice_index.defaults import DEFAULT_MODEL_DIR
-
-    return f"{DEFAULT_MODEL_DIR.name} (default)" if name == "default" else name
 
 
 def _version() -> str:
