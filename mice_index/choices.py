@@ -6,7 +6,8 @@ from mice_index.errors import SearchError
 
 CANDIDATES = ("bm25", "dense", "hybrid")  # first-stage candidate generators (search.py)
 RERANKERS = ("mice", "none")
-QUANTIZE = ("auto", "none", "int8")  # MICE interaction layers (scorer.ScorerConfig.quantize)
+QUANTIZE = ("auto", "none", "int8")
+DENSE_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")  # = candidates.dense.DenseKind  # MICE interaction layers (scorer.ScorerConfig.quantize)
 CODEC_NAMES = ("fp16", "fp32", "int8", "int8-dim", "opq", "opq32", "pq", "pq32", "rq", "rq26", "rq32",
                "compact")  # = mice_index.codec.codec_names()
 

@@ -56,6 +56,7 @@ def test_argument_and_path_errors_come_before_torch(built, tmp_path):  # noqa: F
         (["build", "--corpus", sample_collection(), "--index", idx], "already holds a complete index"),
         (["build", "--corpus", tmp_path / "missing.jsonl", "--index", tmp_path / "new"], "missing.jsonl"),
         (["build", "--corpus", sample_collection(), "--index", tmp_path / "new", "--codec", "zip"], "unknown codec"),
+        (["build", "--corpus", sample_collection(), "--index", tmp_path / "new", "--dense-kind", "ann"], "dense kind"),
         (["serve", "--index", tmp_path / "nope"], "index folder not found"),
         (["score", "--query", "bees", "--corpus", tmp_path / "missing.jsonl"], "missing.jsonl"),
     ]

@@ -21,6 +21,12 @@ from .test_search import built  # noqa: F401
 
 def test_choices_mirror_the_registries():
     assert CODEC_NAMES == tuple(codec_names())
+    from mice_index.candidates.dense import DenseKind
+    from mice_index.choices import DENSE_KINDS, QUANTIZE
+    from mice_index.scorer import ScorerConfig
+
+    assert DENSE_KINDS == typing.get_args(DenseKind)
+    assert QUANTIZE == typing.get_args(typing.get_type_hints(ScorerConfig)["quantize"])
     hints = typing.get_type_hints(SearchConfig)
     assert CANDIDATES == typing.get_args(hints["candidates"]) and RERANKERS == typing.get_args(hints["rerank"])
 

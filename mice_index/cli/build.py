@@ -11,7 +11,7 @@ from rich.console import Console
 
 from mice_index.cli import app
 from mice_index.cli.progress import task_progress
-from mice_index.choices import CODEC_NAMES
+from mice_index.choices import CODEC_NAMES, DENSE_KINDS
 from mice_index.errors import MiceIndexError, os_errors
 from mice_index.store.manifest import complete_index_error, index_info, read_manifest, verify_shards
 from mice_index.text import check_argument
@@ -88,6 +88,10 @@ def build_command(
                                    (dtype, "--dtype", ("auto", "bf16", "fp32")), (dense, "--dense", ("auto", "none"))):
         if value not in allowed:
             raise MiceIndexError(f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+    if dense_kind not in DENSE_KINDS:
+        raise MiceIndexError(f"dense kind must be one of {', '.join(DENSE_KINDS)}; got {dense_kind!r}")
+    if dense_nprobe is not None and dense_nprobe < 1:
+        raise MiceIndexError(f"dense nprobe must be >= 1 (or unset), got {dense_nprobe}")
     if codec not in CODEC_NAMES:
         raise MiceIndexError(f"unknown codec {codec!r}; valid codecs: {', '.join(CODEC_NAMES)}")
     from mice_index.prune import PRUNE_RULES
