@@ -255,3 +255,12 @@ def _model(searcher):
     from mice_index.search import checked_model
 
     return checked_model(searcher.reader)
+
+
+def test_terminal_bar_shows_the_rate_after_one_update():
+    from mice_index.cli.progress import _Rate
+
+    with BarProgress("encode", "docs", Console(file=io.StringIO(), force_terminal=True)) as p:
+        p.set_total(100)
+        p.advance(40)  # rich's own speed needs two updates; the column falls back to done / elapsed
+        assert _Rate("docs").render(p.bar.tasks[0]).plain.endswith(" docs/s")
