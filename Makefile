@@ -14,8 +14,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# The package alone (what `make demo` needs); the test and Ray extras only for `make test` / `make e2e`.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e . "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[test,ray]" "$(TORCH_SPEC)"
 	touch $@
 
@@ -24,15 +29,16 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python pipelines/demo.py
 
-test: setup
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 # Debian's chromium driven by Playwright (never `playwright install`: no browser download).
 CHROMIUM ?= /usr/bin/chromium
-e2e: setup
+e2e: $(VENV)/.installed-test
 	$(BIN)/python -m pip install -q -e ".[test,serve,e2e]" "$(TORCH_SPEC)"
 	test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q -m e2e tests/test_page_e2e.py
+	@echo "screenshot of the search page: $(CURDIR)/out/e2e-search-page.png"
 
 clean:
 	rm -rf $(VENV) out

@@ -33,6 +33,7 @@ from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
+from mice_index.store.manifest import complete_index_error
 from mice_index.store.reader import index_info, load_codec, read_manifest
 from mice_index.store.writer import ShardWriter
 
@@ -151,7 +152,7 @@ class _Builder:
         if (root / L.MANIFEST).exists():
             m = read_manifest(root)
             if m.get("complete"):
-                raise IndexError_(f"{root}: already holds a complete index; pass --overwrite to rebuild it")
+                raise complete_index_error(root)
             if m["model"]["fingerprint"] != self.fingerprint:
                 raise IndexError_(
                     f"{root}: holds states of another model (fingerprint {m['model']['fingerprint']}, "
@@ -442,9 +443,9 @@ def build_index(
     t0 = time.perf_counter()
     total = count_documents(corpus)  # also fails fast (before loading the model) on a missing corpus
     _peek(corpus, config)  # ... a first document that cannot be read, a corrupt compressed file
-    builder = _Builder(corpus, Path(index), config, model, progress, encoder_factory)
-    if total_callback is not None:
+    if total_callback is not None:  # before the model loads: no "0/?" while it does
         total_callback(total)
+    builder = _Builder(corpus, Path(index), config, model, progress, encoder_factory)
     created = not Path(index).exists()
     try:
         encoded = builder.run()

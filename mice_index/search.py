@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig, interpolate
-from mice_index.choices import CANDIDATES, RERANKERS
+from mice_index.choices import check_positive, check_search_options
 from mice_index.errors import IndexError_, SearchError
 from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
@@ -54,14 +54,7 @@ class SearchConfig:
     alpha: float | None = None
 
     def __post_init__(self):
-        if self.candidates not in CANDIDATES:
-            raise SearchError(f"unknown candidate generator {self.candidates!r}; choose one of {', '.join(CANDIDATES)}")
-        if self.rerank not in RERANKERS:
-            raise SearchError(f"unknown re-ranker {self.rerank!r}; choose one of {', '.join(RERANKERS)}")
-        if self.depth is not None and self.depth <= 0:
-            raise SearchError(f"--depth must be positive, got {self.depth}")
-        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
-            raise SearchError(f"--alpha must be in [0, 1], got {self.alpha}")
+        check_search_options(self.candidates, self.rerank, self.depth, self.alpha)
 
 
 @dataclass(frozen=True)
@@ -241,6 +234,13 @@ class Searcher:
         except IndexError_:
             return -2  # matches no row (padding is -1)
 
+    def dense_fallback(self, texts: Sequence[str]) -> list[bool]:
+        """Per query: True where `candidates="bm25"` finds no BM25 term for it, so that its
+        candidates come from the dense index instead (the warning in `candidates`)."""
+        if self.config.candidates != "bm25" or self._bm25 is None or self._dense is None:
+            return [False] * len(texts)
+        return [not ids for ids in self._bm25.tokenize(list(texts))]
+
     def with_config(self, **changes) -> Searcher:
         return Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
 
@@ -287,8 +287,7 @@ def clipped(option: str, value: int | None, default: int, num_docs: int) -> int:
     warning for an explicit value, as Pyserini and bm25s do. SearchError for a value below 1."""
     if value is None:
         return max(1, min(default, num_docs))
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise SearchError(f"{option} must be positive, got {value!r}")
+    check_positive(option, value)
     if value > num_docs:
         log.warning("%s %d is larger than the corpus (%d documents); using %s %d",
                     option, value, num_docs, option, num_docs)

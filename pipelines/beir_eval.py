@@ -74,7 +74,8 @@ def evaluate_collection(folder: Path, work: Path, model_name: str | None, codec:
         t = time.perf_counter()
         if rerank == "maxsim" and floor is None:
             floor = maxsim_model(model)
-        # the reference protocol (shared datasets README): a document whose id equals the query id is skipped
+        # documents whose id equals the query id are kept (remove_query_id is off: several of these
+        # collections number queries and documents independently); see README, Evaluation
         cfg = SearchConfig(candidates=candidates, rerank="none" if rerank == "none" else "mice", depth=depth,
                            alpha=alpha, scorer=ScorerConfig(dtype=dtype))
         searcher = Searcher.open(idx, model=floor if rerank == "maxsim" else model, config=cfg)

@@ -163,7 +163,7 @@ def test_maxsim_matches_are_the_scores_max(tiny_bert_dir):
 
     model = MiceModel.from_pretrained(tiny_bert_dir, fusion_layer=2, num_interaction_layers=2, score_head="cls+maxsim")
     q, q_mask, docs, d_mask = _random_states()
-    hits = maxsim_matches(model.interaction.late, q, q_mask, docs, d_mask)
+    hits = maxsim_matches(model.interaction.late, q, q_mask, docs, d_mask, min_similarity=-1.0)
     assert hits.shape == (3, 7, 11) and torch.equal(hits.sum(-1), torch.ones(3, 7))
     with torch.inference_mode():
         qn, w = model.interaction.late.query(q, q_mask)
@@ -172,6 +172,10 @@ def test_maxsim_matches_are_the_scores_max(tiny_bert_dir):
     for b, n in enumerate(d_mask.sum(1).tolist()):
         torch.testing.assert_close(picked[b], sim[b, :, 1:n - 1].max(-1).values)
         assert not hits[b, :, 0].any() and not hits[b, :, n - 1:].any()  # never [CLS], [SEP] or padding
+    # a best match below the threshold is no match: exactly the rows whose max cosine is below it
+    cut = float(picked.median())
+    above = maxsim_matches(model.interaction.late, q, q_mask, docs, d_mask, min_similarity=cut)
+    assert torch.equal(above.sum(-1), (picked >= cut).float()) and torch.equal(above, hits * (picked >= cut)[..., None])
 
 
 def test_explaining_does_not_change_scores(searcher):
@@ -212,8 +216,10 @@ def test_hit_record_with_and_without_explanation(searcher):
     assert set(plain) == {"rank", "doc_id", "score", "title", "snippet"}
     assert explained["score"] == plain["score"] and explained["doc_id"] == "coral"
     assert [m["query_word"] for m in explained["matches"]] == ["coral", "bleaching", "algae"]
-    best = {(a, b) for m in ex.matches for w in m.words[:2] for a, b in w.spans}
+    body = len(hit.title) + 1 if hit.title else 0  # the snippet is of the text; the title is its own field
+    best = {(a, b) for m in ex.matches for w in m.words[:2] for a, b in w.spans if a >= body}
     assert {explained["snippet"][a:b] for a, b in explained["highlights"]} == {ex.text[a:b] for a, b in best}
+    assert not plain["snippet"].startswith(hit.title) or not hit.title or hit.text.startswith(hit.title)
     json.dumps(explained)
 
 

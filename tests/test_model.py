@@ -168,7 +168,7 @@ def test_pickle_checkpoint_refused(tmp_path, tiny_bert_dir):
 
 
 def test_bad_model_inputs(tmp_path, tiny_bert_dir):
-    with pytest.raises(ModelError, match="neither a local folder nor downloadable"):
+    with pytest.raises(ModelError, match="neither a local folder, a shipped model nor downloadable.*mice-minilm-l6"):
         MiceModel.from_pretrained("no-such-org/no-such-model-xyz")
     broken = tmp_path / "broken"
     broken.mkdir()

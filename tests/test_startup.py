@@ -21,6 +21,12 @@ from .test_search import built  # noqa: F401
 
 def test_choices_mirror_the_registries():
     assert CODEC_NAMES == tuple(codec_names())
+    from mice_index.candidates.dense import DenseKind
+    from mice_index.choices import DENSE_KINDS, QUANTIZE
+    from mice_index.scorer import ScorerConfig
+
+    assert DENSE_KINDS == typing.get_args(DenseKind)
+    assert QUANTIZE == typing.get_args(typing.get_type_hints(ScorerConfig)["quantize"])
     hints = typing.get_type_hints(SearchConfig)
     assert CANDIDATES == typing.get_args(hints["candidates"]) and RERANKERS == typing.get_args(hints["rerank"])
 
@@ -44,11 +50,18 @@ def test_tokenizer_equals_autotokenizer(which, minilm_dir, tiny_bert_dir):
 
     path = Path(minilm_dir if which == "minilm" else tiny_bert_dir)
     ours, auto = load_tokenizer(path), AutoTokenizer.from_pretrained(str(path), use_fast=True)
-    assert type(ours) is type(auto) and ours.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
-    texts = ["Héllo wörld, BEES make honey!", "naïve café 東京", "x " * 400]
+    # a BERT tokenizer.json is read without transformers (mice_index/tokenizer.py), to the same result
+    assert type(ours).__name__ == "FastTokenizer" and ours.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
+    texts = ["Héllo wörld, BEES make honey!", "naïve café 東京", "x " * 400, ""]
     a = ours(texts, truncation=True, max_length=64, return_offsets_mapping=True)
     b = auto(texts, truncation=True, max_length=64, return_offsets_mapping=True)
     assert a["input_ids"] == b["input_ids"] and a["offset_mapping"] == b["offset_mapping"]
+    assert [a.word_ids(i) for i in range(4)] == [b.word_ids(i) for i in range(4)]
+    a = ours(texts, padding=True, truncation=True, max_length=32, return_tensors="pt", return_token_type_ids=False)
+    b = auto(texts, padding=True, truncation=True, max_length=32, return_tensors="pt", return_token_type_ids=False)
+    assert set(a) == set(b) and all(a[k].dtype == b[k].dtype and a[k].tolist() == b[k].tolist() for k in a)
+    assert ours("bees") == dict(auto("bees")) and ours.get_vocab() == auto.get_vocab()
+    assert ours.all_special_ids == auto.all_special_ids and ours.pad_token_id == auto.pad_token_id
 
 
 def test_tokenizer_of_another_class_goes_through_autotokenizer(tmp_path, minilm_dir):

@@ -10,24 +10,23 @@ import typer
 from rich.console import Console
 
 from mice_index.cli import app
-from mice_index.choices import CODEC_NAMES
-from mice_index.errors import os_errors
-from mice_index.store.manifest import index_info, read_manifest, verify_shards
+from mice_index.cli.progress import task_progress
+from mice_index.choices import CODEC_NAMES, DENSE_KINDS
+from mice_index.errors import MiceIndexError, os_errors
+from mice_index.store.manifest import complete_index_error, index_info, read_manifest, verify_shards
 from mice_index.text import check_argument
 
 
-def _docs_per_second():
-    from rich.progress import TextColumn
+def _peek_corpus(corpus: str, id_field: str, text_field: str, title_field: str) -> None:
+    """A missing corpus, or a first document that cannot be read, refused before the model loads
+    (not irds:, whose first read may download the collection)."""
+    if corpus.startswith("irds:"):
+        return
+    from mice_index.sources import read_documents
 
-    class DocsPerSecond(TextColumn):
-        def __init__(self):
-            super().__init__("")
-
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return super().render(task) if speed is None else f"{speed:,.0f} docs/s"  # type: ignore[return-value]
-
-    return DocsPerSecond()
+    docs = read_documents(corpus, id_field=id_field, text_field=text_field, title_field=title_field)
+    next(docs, None)
+    docs.close()
 
 
 def _fmt_bytes(n: int) -> str:
@@ -47,7 +46,7 @@ def build_command(
                                    "(within ~0.1 nDCG@10 point of fp32); compact (rq32, 32 B/token) costs "
                                    "0.02 point with the default pipeline (README, Evaluation).")] = "fp16",
     max_doc_length: Annotated[int | None, typer.Option("--max-doc-length",
-                                                       help="Token limit per document (default: the model's).")] = None,
+                                                       help="Token limit per document \\[default: the model's].")] = None,
     batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")] = 8192,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="Compute dtype: auto (bf16 on CUDA and AMX CPUs, else "
@@ -58,35 +57,54 @@ def build_command(
                                             "else ivfpq), flat (exact), hnsw, ivf, or ivfpq (IVF + 4-bit PQ codes, "
                                             "exact re-scoring; memory-bounded build).")] = "auto",
     dense_nprobe: Annotated[int | None, typer.Option("--dense-nprobe", help="ivf/ivfpq: lists probed per query "
-                                                     "(default: 16 for ivf, 32 for ivfpq).")] = None,
+                                                     "\\[default: 16 for ivf, 32 for ivfpq].")] = None,
     prune: Annotated[str, typer.Option("--prune", help="Document-token pruning after the bottom layers: none "
                                        "(every token, the paper's form) or stopwords (punctuation and "
                                        "stopword states dropped; fewer bytes, faster search; BENCHMARKS.md).")] = "none",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index. \\[default: off]")] = False,
     id_field: Annotated[str, typer.Option("--id-field", help="JSONL field holding the document id.")] = "_id",
     text_field: Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")] = "text",
     title_field: Annotated[str, typer.Option("--title-field", help="JSONL field holding the title.")] = "title",
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress (a bar in a terminal, else a line every 10 s). \\[default: off]")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (a pool of Ray actors, "
                                                          "needs mice-index[ray]).")] = "local",
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (default: start a "
-                                                                          "local one).")] = None,
-    num_workers: Annotated[int | None, typer.Option("--num-workers", help="Ray actors (default: one per GPU, "
-                                                                          "else one per CPU).")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join \\[default: start a "
+                                                                          "local one].")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers", help="Ray actors \\[default: one per GPU, "
+                                                                          "else one per CPU].")] = None,
     num_shards: Annotated[int | None, typer.Option("--num-shards", "--shard-num", help="Static sharding: the "
-                                                   "number of slices (then `mice-index merge`).")] = None,
+                                                   "number of slices (then `mice-index merge`) \\[default: one process builds all].")] = None,
     shard_id: Annotated[int | None, typer.Option("--shard-id", help="Static sharding: which slice (0-based) this "
-                                                                    "process builds.")] = None,
+                                                                    "process builds \\[default: none].")] = None,
 ) -> None:
     """Encode a corpus into a MICE index (states + BM25 + dense). Re-run the same command to resume."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    # Checks that need no model come first, before torch is imported (an error in < 0.5 s).
+    for value, option in ((id_field, "--id-field"), (text_field, "--text-field"), (title_field, "--title-field")):
+        check_argument(value, option)
+    for value, option in ((batch_tokens, "--batch-tokens"), (shard_docs, "--shard-docs")):
+        if value < 1:
+            raise MiceIndexError(f"{option} must be >= 1, got {value}")
+    for value, option, allowed in ((device, "--device", ("auto", "cpu", "cuda")),
+                                   (dtype, "--dtype", ("auto", "bf16", "fp32")), (dense, "--dense", ("auto", "none"))):
+        if value not in allowed:
+            raise MiceIndexError(f"{option} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+    if dense_kind not in DENSE_KINDS:
+        raise MiceIndexError(f"dense kind must be one of {', '.join(DENSE_KINDS)}; got {dense_kind!r}")
+    if dense_nprobe is not None and dense_nprobe < 1:
+        raise MiceIndexError(f"dense nprobe must be >= 1 (or unset), got {dense_nprobe}")
+    if codec not in CODEC_NAMES:
+        raise MiceIndexError(f"unknown codec {codec!r}; valid codecs: {', '.join(CODEC_NAMES)}")
+    from mice_index.prune import PRUNE_RULES
+
+    if prune not in PRUNE_RULES:
+        raise MiceIndexError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {prune!r}")
+    if not overwrite and num_shards is None and (err := complete_index_error(index)) is not None:
+        raise err
+    _peek_corpus(corpus, id_field, text_field, title_field)
 
     from mice_index.build import BuildConfig, build_index
     from mice_index.distributed.cli import build_distributed, wants_distributed
 
-    for value, option in ((id_field, "--id-field"), (text_field, "--text-field"), (title_field, "--title-field")):
-        check_argument(value, option)
     config = BuildConfig(
         model=None if model == "default" else model, codec=codec, max_doc_length=max_doc_length,
         batch_tokens=batch_tokens, device=device, dtype=dtype, shard_docs=shard_docs,  # type: ignore[arg-type]
@@ -95,14 +113,8 @@ def build_command(
         id_field=id_field, text_field=text_field, title_field=title_field,
     )
     console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]encode"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _docs_per_second(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet,
-    )
-    with progress, os_errors(index, "building the index"):
-        task = progress.add_task("encode", total=None)
-        hooks = {"progress": lambda n: progress.advance(task, n),
-                 "total_callback": lambda total: progress.update(task, total=total)}
+    with task_progress("encode", "docs", console, quiet=quiet) as progress, os_errors(index, "building the index"):
+        hooks = {"progress": progress.advance, "total_callback": progress.set_total}
         if wants_distributed(engine, num_shards, shard_id):
             result = build_distributed(corpus, index, config, engine=engine, ray_address=ray_address,
                                        num_workers=num_workers, num_shards=num_shards, shard_id=shard_id, **hooks)
@@ -138,8 +150,8 @@ def _dense_index_line(d: dict) -> str:
 @app.command("info")
 def info_command(
     index: Annotated[Path, typer.Option("--index", help="Index folder.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Also recompute every shard file's sha256.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object. \\[default: off]")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also recompute every shard file's sha256. \\[default: off]")] = False,
 ) -> None:
     """Summarise an index (works on unfinished ones too)."""
     from rich.table import Table

@@ -34,7 +34,7 @@ def eval_command(
         str, typer.Option("--metrics", help="Comma-separated ir_measures names.")
     ] = DEFAULT_METRICS,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object {metric: value} on stdout.")
+        bool, typer.Option("--json", help="Print one JSON object {metric: value} on stdout. \\[default: off]")
     ] = False,
 ) -> None:
     """Evaluate a run file against relevance judgements."""

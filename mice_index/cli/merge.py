@@ -16,7 +16,7 @@ from mice_index.errors import os_errors
 @app.command("merge")
 def merge_command(
     index: Annotated[Path, typer.Option("--index", help="Index folder the slices wrote into.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the index info as one JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the index info as one JSON object. \\[default: off]")] = False,
 ) -> None:
     """Check that every slice and build shard is committed, verify shard checksums, build the BM25 /
     dense candidate indexes and write the complete manifest."""

@@ -13,9 +13,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from mice_index.choices import CANDIDATES, RERANKERS
+from mice_index.choices import CANDIDATES, QUANTIZE, RERANKERS, check_positive, check_search_options
 from mice_index.cli import app
 from mice_index.errors import SearchError, os_errors
+from mice_index.store.manifest import read_manifest
 from mice_index.text import check_argument
 
 QUANTIZE_HELP = ("MICE interaction layers: auto (int8 when scoring in fp32 on a CPU, else none), none or int8 "
@@ -46,30 +47,34 @@ def search_config(candidates: str, depth: int | None, rerank: str, dtype: str, d
 @app.command("search")
 def search_command(
     index: Annotated[Path, typer.Option("--index", help="Index folder made by `mice-index build`.")],
-    query: Annotated[Optional[str], typer.Option("--query", "-q", help="One query (prints a ranked list).")] = None,
-    queries: Annotated[Optional[str], typer.Option("--queries", help="Batch: BEIR folder, JSONL/TSV file or irds:<id>.")] = None,
-    run: Annotated[Optional[Path], typer.Option("--run", help="Batch: TREC run file to write.")] = None,
+    query: Annotated[Optional[str], typer.Option("--query", "-q", help="One query (prints a ranked list) \\[default: none; give --query or --queries].")] = None,
+    queries: Annotated[Optional[str], typer.Option("--queries", help="Batch: BEIR folder, JSONL/TSV file or irds:<id> \\[default: none].")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", help="Batch: TREC run file to write \\[default: none; needed with --queries].")] = None,
     run_tag: Annotated[str, typer.Option("--run-tag", help="Tag column of the run file.")] = "mice-index",
-    k: Annotated[Optional[int], typer.Option("--k", help="Results per query [default: 10 for one query, the depth "
+    k: Annotated[Optional[int], typer.Option("--k", help="Results per query \\[default: 10 for one query, the depth "
                                              "in batch mode; clipped to the corpus size].")] = None,
     candidates: Annotated[str, typer.Option("--candidates", help=f"First stage: {'|'.join(CANDIDATES)}.")] = "hybrid",
     depth: Annotated[Optional[int], typer.Option("--depth", help="Candidates per query re-ranked by MICE "
-                                                 "[default: 100; clipped to the corpus size].")] = None,
+                                                 "\\[default: 100; clipped to the corpus size].")] = None,
     rerank: Annotated[str, typer.Option("--rerank", help=f"Re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
     alpha: Annotated[Optional[float], typer.Option(
         "--alpha", help="Interpolation weight of the first-stage score: alpha·z(first stage) + "
-        "(1−alpha)·z(MICE) per query; 0 = pure MICE [default: the model's recommended alpha].")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="MICE model [default: the index's model].")] = None,
+        "(1−alpha)·z(MICE) per query; 0 = pure MICE \\[default: the model's recommended alpha].")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="MICE model \\[default: the index's model].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="MICE scoring: auto (bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
     quantize: Annotated[str, typer.Option("--quantize", help=QUANTIZE_HELP)] = "auto",
     remove_query: Annotated[bool, typer.Option("--remove-query", help="Batch: leave out a document whose id "
-                                               "equals the query id (BEIR arguana, quora).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON.")] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="One query: show which document words each query "
-                                          "word attended to (MICE cross-attention) and highlight them.")] = False,
+                                               "equals the query id (BEIR arguana, quora). \\[default: off]")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON. \\[default: off]")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="One query: show and highlight the document words "
+                                          "each query word matched: its best MaxSim match for a cls+maxsim model "
+                                          "(the default; none below a cosine of 0.5, so a hit may have none), the "
+                                          "words it attended to most for a cls model (MICE cross-attention). "
+                                          "\\[default: off]")] = False,
 ) -> None:
     """Search an index: first-stage candidates, then MICE re-ranking over stored states."""
+    # Every check that needs no model comes first, before torch is imported (an error in < 0.5 s).
     if query is not None:
         check_argument(query, "--query", SearchError)
     check_argument(run_tag, "--run-tag", SearchError)
@@ -77,15 +82,30 @@ def search_command(
         raise SearchError("give exactly one of --query (one query) or --queries (batch, with --run)")
     if queries is not None and run is None:
         raise SearchError("--queries needs --run FILE to write the TREC run to")
+    if query is not None:  # options of batch mode that one query would silently ignore
+        for given, option in ((run is not None, "--run"), (remove_query, "--remove-query")):
+            if given:
+                raise SearchError(f"{option} applies to --queries (batch mode) only; one --query "
+                                  f"{'prints its results' if option == '--run' else 'has no query id'}")
+    else:
+        for given, option in ((as_json, "--json"), (explain, "--explain")):
+            if given:
+                raise SearchError(f"{option} works with one --query; batch mode (--queries) writes a TREC run")
     check_dtype_device(dtype, device)
-    if remove_query and query is not None:
-        raise SearchError("--remove-query applies to --queries (batch mode) only; one --query has no query id")
-    if explain and query is None:
-        raise SearchError("--explain works with one --query")
-    config = search_config(candidates, depth, rerank, dtype, device, alpha=alpha, remove_query=remove_query,
-                           quantize=quantize)
+    check_search_options(candidates, rerank, depth, alpha)
+    if k is not None:
+        check_positive("--k", k)
+    if quantize not in QUANTIZE:
+        raise SearchError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     if query is not None and not query.strip():
         raise SearchError("--query is empty")
+    read_manifest(index)  # a missing or damaged index folder, named
+    if queries is not None:
+        from mice_index.sources import read_queries
+
+        qs = list(read_queries(queries))  # a bad queries file is refused before torch is imported
+    config = search_config(candidates, depth, rerank, dtype, device, alpha=alpha, remove_query=remove_query,
+                           quantize=quantize)
     from mice_index.search import Searcher
 
     if query is not None:
@@ -94,18 +114,14 @@ def search_command(
         explanations = _explain(searcher, index, model, query, hits) if explain else [None] * len(hits)
         _print_hits(query, hits, explanations, as_json, f"{candidates}{' → MICE' if rerank == 'mice' else ''}")
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from mice_index.cli.progress import task_progress
     from mice_index.runs import write_run
-    from mice_index.sources import read_queries
 
-    qs = list(read_queries(queries))
     searcher = Searcher.open(index, model=model, config=config)
     console = Console(stderr=True)
-    with Progress(TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("queries", total=len(qs))
-        results = searcher.search_many(qs, k=k, progress=lambda n: bar.advance(task, n))
+    with task_progress("search", "queries", console, transient=True) as bar:
+        bar.set_total(len(qs))
+        results = searcher.search_many(qs, k=k, progress=bar.advance)
     with os_errors(run, "writing the run file"):
         write_run(run, results, tag=run_tag)
     console.print(f"wrote {sum(map(len, results.values()))} results for {len(results)} queries to {run}",
@@ -138,6 +154,8 @@ def _print_hits(query: str, hits, explanations, as_json: bool, pipeline: str) ->
         cell = Text(record["snippet"])
         for a, b in record.get("highlights", []):
             cell.stylize("bold black on yellow", a, b)
+        if h.title:  # the snippet is of the text; the title goes above it
+            cell = Text.assemble((h.title, "bold"), "\n", cell)
         if e is not None:
             cell.append("\n" + "; ".join(f"{m['query_word']} → " + (", ".join(w["word"] for w in m["words"]) or "–")
                                          for m in record["matches"]), style="dim")

@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from mice_index.choices import CANDIDATES, RERANKERS
+from mice_index.choices import CANDIDATES, QUANTIZE, RERANKERS, check_positive, check_search_options
 from mice_index.cli import app, err_console
-from mice_index.cli.search import QUANTIZE_HELP, search_config
+from mice_index.cli.search import QUANTIZE_HELP, check_dtype_device, search_config
 from mice_index.errors import MiceIndexError
 from mice_index.serve.limits import ServeLimits  # stdlib only: the CLI starts without FastAPI
+from mice_index.store.manifest import read_manifest
 
 _LIMITS = ServeLimits()  # the options' defaults (one source: the dataclass)
 
@@ -20,13 +21,13 @@ _LIMITS = ServeLimits()  # the options' defaults (one source: the dataclass)
 @app.command("serve")
 def serve_command(
     index: Annotated[Path, typer.Option("--index", help="Index folder made by `mice-index build`.")],
-    model: Annotated[Optional[str], typer.Option("--model", help="MICE model [default: the index's model].")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="MICE model \\[default: the index's model].")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
     k: Annotated[int, typer.Option("--k", help="Default hits per query.")] = 10,
     candidates: Annotated[str, typer.Option("--candidates", help=f"Default first stage: {'|'.join(CANDIDATES)}.")] = "hybrid",
     depth: Annotated[Optional[int], typer.Option("--depth", help="Default candidates per query re-ranked by MICE "
-                                                 "[default: min(100, corpus size)].")] = None,
+                                                 "\\[default: min(100, corpus size)].")] = None,
     rerank: Annotated[str, typer.Option("--rerank", help=f"Default re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
     dtype: Annotated[str, typer.Option("--dtype", help="MICE scoring: auto (bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
@@ -52,6 +53,13 @@ def serve_command(
         raise MiceIndexError(f"--port must be in 1..65535, got {port}")
     if batch_window_ms < 0 or max_batch < 1 or max_queue < 1:
         raise MiceIndexError("--batch-window-ms must be >= 0, --max-batch and --max-queue >= 1")
+    # Checks that need no model come first, before torch is imported (an error in < 0.5 s).
+    check_dtype_device(dtype, device)
+    check_search_options(candidates, rerank, depth)
+    check_positive("--k", k)
+    if quantize not in QUANTIZE:
+        raise MiceIndexError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    read_manifest(index)  # a missing or damaged index folder, named
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else loopback_hosts(host)
     try:
         limits = ServeLimits(max_k=max_k, max_depth=max_depth, max_work=max_work, max_explain=max_explain,
@@ -82,7 +90,7 @@ def serve_command(
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    app_ = create_app(searcher, batch, k=k, limits=limits)
+    app_ = create_app(searcher, batch, k=k, limits=limits, model_name=model)
     err_console.print(f"serving {index} on http://{host}:{port}/ (Ctrl-C to stop)", highlight=False)
     serve(app_, sock, limits)
     err_console.print("stopped", highlight=False)

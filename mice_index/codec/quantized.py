@@ -10,12 +10,15 @@ All of them first normalise each dimension with statistics fitted on the sample:
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import faiss
 import numpy as np
 
 from mice_index.codec.base import Codec, CodecError, ColumnSpec, Parts
+
+log = logging.getLogger(__name__)
 
 Norm = Literal["none", "center", "standardize"]
 CODES_TABLE_BYTES = 512 << 20  # bound on faiss's distance table while encoding (see _PQFamily._codes)
@@ -37,10 +40,27 @@ def _fit_norm(x: np.ndarray, norm: str) -> tuple[np.ndarray, np.ndarray]:
     return fitters[norm]()
 
 
-def _new_pq(dim: int, m: int, nbits: int, seed: int = 0) -> faiss.ProductQuantizer:
+FAISS_MIN_POINTS = 39  # faiss's default min_points_per_centroid (it warns below it)
+
+
+def min_points(n: int, k: int, what: str) -> int:
+    """min_points_per_centroid for k-means of `n` points into `k` centroids: faiss's 39, lowered to
+    what the sample has. faiss would otherwise print a warning per k-means to stderr (25 lines for
+    rq on a small corpus, also under --quiet); one log line says it instead."""
+    if n >= k * FAISS_MIN_POINTS:
+        return FAISS_MIN_POINTS
+    log.info("%s: %d training points for %d centroids (faiss suggests >= %d); a larger corpus gives a "
+             "better codec", what, n, k, k * FAISS_MIN_POINTS)
+    return max(1, n // k)
+
+
+def _new_pq(dim: int, m: int, nbits: int, seed: int = 0, n: int | None = None) -> faiss.ProductQuantizer:
+    """A PQ to train (on `n` points, when known: see min_points)."""
     pq = faiss.ProductQuantizer(dim, m, nbits)
     pq.cp.seed = seed
     pq.cp.niter = 25
+    if n is not None:
+        pq.cp.min_points_per_centroid = min_points(n, pq.ksub, f"PQ with nbits={nbits}")
     return pq
 
 
@@ -103,7 +123,7 @@ class _PQFamily(Codec):
 
     def _fit_pq(self, z: np.ndarray, seed: int) -> None:
         self._need(z, self.pq.ksub, f"PQ with nbits={self.nbits}")
-        self.pq = _new_pq(self.dim, self.M, self.nbits, seed)
+        self.pq = _new_pq(self.dim, self.M, self.nbits, seed, n=z.shape[0])
         self.pq.train(np.ascontiguousarray(z, dtype=F32))
 
     def _params(self) -> dict[str, np.ndarray]:
@@ -164,7 +184,7 @@ class OPQCodec(_PQFamily):
         opq = faiss.OPQMatrix(self.dim, self.M)
         opq.niter = self.niter
         opq.max_train_points = max(opq.max_train_points, 65536)
-        opq_pq = _new_pq(self.dim, self.M, self.nbits, seed)  # train the rotation for *our* PQ size
+        opq_pq = _new_pq(self.dim, self.M, self.nbits, seed, n=min(z.shape[0], opq.max_train_points))  # train the rotation for *our* PQ size
         opq.pq = opq_pq  # (faiss keeps a raw pointer: opq_pq must outlive train())
         rng = np.random.default_rng(seed)
         sub = z if z.shape[0] <= opq.max_train_points else z[rng.choice(z.shape[0], opq.max_train_points, replace=False)]
@@ -224,7 +244,9 @@ class ResidualCodec(_PQFamily):
         self.mean, self.std = _fit_norm(x, self.norm)
         z = self._normalise(x)
         self._need(z, self.n_centroids, f"n_centroids={self.n_centroids}")
-        km = faiss.Kmeans(self.dim, self.n_centroids, niter=20, seed=seed, max_points_per_centroid=256)
+        km = faiss.Kmeans(self.dim, self.n_centroids, niter=20, seed=seed, max_points_per_centroid=256,
+                          min_points_per_centroid=min_points(z.shape[0], self.n_centroids,
+                                                             f"n_centroids={self.n_centroids}"))
         km.train(z)
         self._set_centroids(km.centroids)
         self._fit_pq(z - self.centroids[self._assign(z)], seed)

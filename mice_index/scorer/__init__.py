@@ -31,7 +31,7 @@ from mice_index.scorer.fast import score_pairs
 __all__ = ["MiceScorer", "ScorerConfig", "StateReader"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-QUANTIZE = ("auto", "none", "int8")
+from mice_index.choices import QUANTIZE  # noqa: E402 - one source for the CLI and the scorer
 
 
 class StateReader(Protocol):

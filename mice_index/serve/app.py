@@ -3,8 +3,10 @@
     app = create_app(Searcher.open("idx/"))        # model and index loaded once, by the caller
     uvicorn.run(app, host="127.0.0.1", port=8080)  # or: mice-index serve --index idx/
 
-Endpoints: `GET /health`, `GET /info` (= `mice-index info --json`), `GET|POST /search` (JSON),
-`GET /` (a search page), `GET /docs` and `/openapi.json` (FastAPI's description). The app only
+Endpoints: `GET /health`, `GET /info` (= `mice-index info --json`), `GET /settings` (the
+server's defaults, which the page starts from), `GET|POST /search` (JSON), `GET /` (a search page),
+`GET /docs` (Swagger UI, its assets served from the `swagger-ui-bundle` package: no CDN, works
+offline) and `/openapi.json`. The app only
 parses, validates and formats: every search goes through `Searcher.search_texts`, batched across
 concurrent requests by `MicroBatcher`, so results equal `Searcher.search` with the same settings.
 Bad parameters get 400 with the library's own message (`{"error": ...}`), a full queue or a
@@ -39,6 +41,8 @@ from mice_index.serve.batching import BatchConfig, MicroBatcher, QueueFull, Shut
 from mice_index.serve.limits import (Budget, BudgetExceeded, Guard, RequestLog, ServeLimits,
                                      install_error_handlers)
 from mice_index.text import invalid_unicode
+from mice_index.serve.ui import (FALLBACK_NOTE, ServerSettingsOut, display_model_name, docs_routes,
+                                explain_description)
 
 log = logging.getLogger("mice_index.serve")
 
@@ -87,6 +91,8 @@ class HitOut(BaseModel):
 class ResultOut(BaseModel):
     query: str
     hits: list[HitOut]
+    note: str | None = Field(None, description="How the candidates were found when not as asked, e.g. the "
+                                               "BM25 -> dense fallback of a query with no BM25 term.")
 
 
 class SettingsOut(BaseModel):
@@ -182,7 +188,7 @@ class _Engine:
         self.base, self._explainer = new, None
         self.variants = OrderedDict({self.settings_of(new.config): new})
 
-    def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict] | BudgetExceeded]:
+    def run(self, settings: Settings, works: Sequence[_Work]) -> list[list[tuple[list[dict], str | None]] | BudgetExceeded]:
         """`_run` on the index's current build; a request that met a replacement mid-way is run
         again, whole, on the new build (never answered from two builds)."""
         self.reload_if_replaced()
@@ -192,10 +198,11 @@ class _Engine:
             self.reload_if_replaced()
             return self._run(settings, works)
 
-    def _run(self, settings: Settings, works: Sequence[_Work]) -> list[list[dict] | BudgetExceeded]:
+    def _run(self, settings: Settings, works: Sequence[_Work]) -> list[list[tuple[list[dict], str | None]] | BudgetExceeded]:
         """Every query of `works`, in passes of at most `chunk_work` candidates (queries x depth),
         each work's budget checked before each pass that holds its queries -> per work, per query,
-        the hit records, or the BudgetExceeded that stopped it."""
+        (the hit records, a note when its candidates came from the BM25 -> dense fallback), or the
+        BudgetExceeded that stopped it."""
         searcher = self.searcher(settings)
         k = max(w.k for w in works)  # a prefix of each list is each k's list
         todo = [(j, q) for j, w in enumerate(works) for q in w.queries]
@@ -220,8 +227,9 @@ class _Engine:
                 if passes:  # not the first pass: let the requests that arrived meanwhile run
                     self.between_passes()
                 passes += 1
-                for (j, _), h in zip(chunk, searcher.search_texts([q for _, q in chunk], k)):
-                    hits[j].append(h)
+                texts = [q for _, q in chunk]
+                for (j, _), h, f in zip(chunk, searcher.search_texts(texts, k), searcher.dense_fallback(texts)):
+                    hits[j].append((h, FALLBACK_NOTE if f else None))
         out: list[list[dict] | BudgetExceeded] = []
         for j, w in enumerate(works):
             if j in failed:
@@ -229,12 +237,12 @@ class _Engine:
                 continue
             try:
                 lists = []
-                for q, h in zip(w.queries, hits[j]):
+                for q, (h, note) in zip(w.queries, hits[j]):
                     h = h[:w.k]
                     if w.explain:
                         self._check(w)
                     expl = self.explainer().explain(q, h) if w.explain else [None] * len(h)
-                    lists.append([hit_record(x, e, self.width) for x, e in zip(h, expl)])
+                    lists.append(([hit_record(x, e, self.width) for x, e in zip(h, expl)], note))
                 out.append(lists)
             except BudgetExceeded as exc:
                 out.append(exc)
@@ -246,9 +254,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
-               limits: ServeLimits = ServeLimits()) -> FastAPI:
+               limits: ServeLimits = ServeLimits(), model_name: str | None = None) -> FastAPI:
     """The service over an opened Searcher (its config gives the default settings; `k` the
-    default hits per query; `limits` what one request may ask, see serve/limits.py). The batch
+    default hits per query; `model_name` the name shown, default: the index's model; `limits`
+    what one request may ask, see serve/limits.py). The batch
     worker starts and stops with the app's lifespan."""
     engine = _Engine(searcher, chunk_work=limits.chunk_work)
     batcher = MicroBatcher(engine.run, batch)
@@ -268,7 +277,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
             batcher.stop()
             log.info("batch worker stopped")
 
-    app = FastAPI(title="mice-index", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="mice-index", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Search a MICE index: first-stage candidates re-ranked by MICE over stored "
                               "document states. Errors are `{\"error\": message}` with status 400 (bad "
                               "parameters), 503 (queue full, shutting down) or 500.")
@@ -289,6 +298,19 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     @app.get("/health", summary="Liveness: the index and model are loaded.")
     def health() -> dict:
         return {"status": "ok", "documents": engine.base.reader.num_docs, "pending": batcher.pending}
+
+    @app.get("/settings", response_model=ServerSettingsOut,
+             summary="The server's defaults (from `mice-index serve` options) and what explain shows.")
+    def settings() -> dict:
+        from mice_index.search import resolve_alpha
+
+        name = model_name or searcher.reader.manifest["model"]["name"]
+        return {"k": k, "candidates": base.candidates, "depth": base.depth, "rerank": base.rerank,
+                "alpha": resolve_alpha(base.alpha, engine.base.model), "model": display_model_name(name),
+                "bm25_fallback": "a query with no BM25 term (only stopwords?) gets dense candidates"
+                                 if searcher.reader.dense_path is not None else "a query with no BM25 term is an error "
+                                 "(the index has no dense vectors)",
+                "explain": explain_description(engine.base.model)}
 
     @app.get("/info", summary="The index's summary (same as `mice-index info --json`).")
     def info() -> dict:
@@ -330,7 +352,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         finally:
             budget.cancel("done")
         return SearchResponse(
-            results=[ResultOut(query=q, hits=h) for q, h in zip(work.queries, lists)],
+            results=[ResultOut(query=q, hits=h, note=n) for q, (h, n) in zip(work.queries, lists)],
             settings=SettingsOut(k=work.k, **settings._asdict()),
             took_ms=round((time.perf_counter() - start) * 1000, 2))
 
@@ -392,6 +414,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    docs_routes(app)
     return app
 
 

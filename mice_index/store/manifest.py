@@ -12,7 +12,21 @@ from mice_index.errors import IndexError_
 from mice_index.store import layout as L
 from mice_index.store.lock import is_locked
 
-__all__ = ["index_info", "read_manifest", "verify_shards"]
+__all__ = ["complete_index_error", "index_info", "read_manifest", "verify_shards"]
+
+
+def complete_index_error(root: Path) -> IndexError_ | None:
+    """The error of a build into `root` without --overwrite when it already holds a complete index
+    (None otherwise); checked by the CLI before the model is loaded and again by the builder."""
+    root = Path(root)
+    if (root / L.MANIFEST).is_file():
+        try:
+            complete = read_manifest(root).get("complete")
+        except IndexError_:
+            return None  # the builder reports a damaged manifest with its context
+        if complete:
+            return IndexError_(f"{root}: already holds a complete index; pass --overwrite to rebuild it")
+    return None
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

@@ -1,6 +1,9 @@
-// The search page: calls GET search and renders hits; highlights come from the server as
-// [start, end) offsets in code points of each snippet (never as HTML).
+// The search page: starts from the server's defaults (GET settings), calls GET search and renders
+// hits; highlights come from the server as [start, end) offsets in code points of each snippet
+// (never as HTML).
 "use strict";
+
+let defaults = null; // GET settings: the server's k, candidates, depth, rerank, model, explain
 
 const $ = (id) => document.getElementById(id);
 
@@ -47,8 +50,9 @@ function render(data) {
     list.append(li);
   }
   const s = data.settings;
+  const note = data.results[0].note;
   $("status").textContent = `${hits.length} hits in ${data.took_ms.toFixed(0)} ms — ${s.candidates}` +
-    (s.rerank === "mice" ? ` top-${s.depth} → MICE` : "");
+    (s.rerank === "mice" ? ` top-${s.depth} → MICE` : "") + (note ? ` (${note})` : "");
 }
 
 async function search(event) {
@@ -76,17 +80,37 @@ async function search(event) {
 async function loadInfo() {
   try {
     const info = await (await fetch("info")).json();
-    $("index-info").textContent = `${info.num_docs.toLocaleString()} documents · codec ${info.codec} · model ${info.model}`;
+    const model = defaults ? defaults.model : info.model;
+    $("index-info").textContent = `${info.num_docs.toLocaleString()} documents · codec ${info.codec} · model ${model}`;
   } catch (err) {
     $("index-info").textContent = "";
   }
 }
 
-$("search-form").addEventListener("submit", search);
-const initial = new URLSearchParams(location.search);
-for (const name of ["q", "k", "candidates", "depth", "rerank"]) {
-  if (initial.get(name)) $(name).value = initial.get(name);
+async function loadDefaults() {
+  try {
+    defaults = await (await fetch("settings")).json();
+  } catch (err) {
+    return; // the form keeps its own defaults
+  }
+  $("candidates").value = defaults.candidates;
+  $("rerank").value = defaults.rerank;
+  $("k").placeholder = `default ${defaults.k}`;
+  $("depth").placeholder = `default ${defaults.depth}`;
+  $("explain-text").textContent = defaults.explain.text + " ";
+  $("candidates").title = "bm25: " + defaults.bm25_fallback;
 }
-if (initial.has("explain")) $("explain").checked = initial.get("explain") === "true";
-loadInfo();
-if ($("q").value) search();
+
+async function start() {
+  $("search-form").addEventListener("submit", search);
+  await loadDefaults();
+  const initial = new URLSearchParams(location.search);
+  for (const name of ["q", "k", "candidates", "depth", "rerank"]) {
+    if (initial.get(name)) $(name).value = initial.get(name);
+  }
+  if (initial.has("explain")) $("explain").checked = initial.get("explain") === "true";
+  await loadInfo();
+  if ($("q").value) search();
+}
+
+start();
