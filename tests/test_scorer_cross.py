@@ -177,6 +177,18 @@ def test_plan_cross_shapes_and_cover():
     assert len(shapes) <= 2 * len({bucket_length(n) for n in lengths})
 
 
+def test_plan_cross_keeps_query_length_classes_apart():
+    rng = np.random.default_rng(1)
+    query_lengths = np.array([3, 5, 30, 9, 31, 4])
+    pair_query = np.repeat(np.arange(6), 20)
+    lengths = rng.integers(1, 200, len(pair_query))
+    plan = plan_cross(lengths, pair_query, 10_000, query_lengths)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(len(pair_query)))
+    for b in plan:
+        assert len({-(-int(query_lengths[q]) // 8) for q in pair_query[b]}) == 1
+    assert any(len(np.unique(pair_query[b])) > 1 for b in plan)  # short queries 3, 5, 4 still share
+
+
 def test_plan_cross_long_document_alone():
     plan = plan_cross(np.array([5000, 10, 10]), np.array([0, 1, 1]), 1024)
     assert [b.tolist() for b in plan] == [[0], [1, 2]]

@@ -133,11 +133,12 @@ class MiceScorer:
         out = np.empty(len(flat_rows), dtype=np.float32)
         if len(flat_rows):
             lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
-            plan = self.feed.plan(lengths, flat_q) if self.feed else self._plan(flat_q, flat_rows, lengths)
             if query_states is None:
                 q_states, q_mask = encode_queries_alone(self.model, list(queries))  # bottom once per query
             else:
                 q_states, q_mask = query_states[0].to(self.device, self.dtype), query_states[1].to(self.device)
+            plan = (self.feed.plan(lengths, flat_q, q_mask.sum(1).cpu().numpy()) if self.feed
+                    else self._plan(flat_q, flat_rows, lengths))
             with _sdpa_backends(self.config.sdpa, self.device):
                 for batch in self._prefetched(plan, flat_rows, lengths):
                     out[batch.pairs] = self._score_batch(q_states, q_mask, flat_q[batch.pairs], batch)

@@ -5,8 +5,8 @@ once, decoding on the device, and an optional device-resident cache of the encod
 CUDA; `batching="cross"` forces it on a CPU, which is how tests/test_scorer_cross.py proves the
 logic without a GPU):
 
-1. `plan_cross`: all (query, candidate) pairs of a call sorted by document length and cut into
-   batches that may span queries. Every batch's padded length is a *bucket* (`bucket_length`:
+1. `plan_cross`: all (query, candidate) pairs of a call grouped by query-length class, sorted by
+   document length and cut into batches that may span queries. Every batch's padded length is a *bucket* (`bucket_length`:
    16-token steps up to 128, then steps of 1/8 of the power of two below), and its size is
    `budget // bucket`, so one bucket always gives the same [B, T] shape (except its last batch):
    kernels, cuDNN / SDPA plans and the caching allocator's blocks are reused instead of re-planned
@@ -85,19 +85,30 @@ def bucket_length(n: int) -> int:
     return -(-n // step) * step
 
 
-def plan_cross(lengths: np.ndarray, pair_query: np.ndarray, budget: int) -> list[np.ndarray]:
-    """Pair positions per batch for pairs of any queries: longest documents first, batches cut at
-    every bucket change and after `budget // bucket` pairs (at least 1), each batch ordered by
-    query (one matrix product per run of a query's pairs). lengths, pair_query: int [P]."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    buckets = np.array([bucket_length(n) for n in np.asarray(lengths)[order]], dtype=np.int64)
+QUERY_STEP = 8  # query lengths (tokens) per query-length class of a batch
+
+
+def plan_cross(lengths: np.ndarray, pair_query: np.ndarray, budget: int,
+               query_lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """Pair positions per batch for pairs of any queries: grouped by query-length class
+    (`query_lengths` [Q] tokens per query, in steps of QUERY_STEP: one long query must not pad
+    every query of its batch, nor push them off the absorbed cross-attention path of fast.py),
+    then longest documents first, cut at every class or bucket change and after
+    `budget // bucket` pairs (at least 1); each batch ordered by query (one matrix product per
+    run of a query's pairs). lengths, pair_query: int [P]."""
+    lengths = np.asarray(lengths)
+    qclass = (np.zeros(len(lengths), np.int64) if query_lengths is None
+              else -(-np.asarray(query_lengths, dtype=np.int64)[pair_query] // QUERY_STEP))
+    order = np.lexsort((np.arange(len(lengths)), -lengths, qclass))
+    buckets = np.array([bucket_length(n) for n in lengths[order]], dtype=np.int64)
+    keys = buckets * (int(qclass.max(initial=0)) + 1) + qclass[order]  # one key per (class, bucket)
     plan = []
     start = 0
     while start < len(order):
         T = int(buckets[start])
-        end = start + max(1, budget // T)
-        same = np.nonzero(buckets[start:end] != T)[0]
-        end = min(start + int(same[0]) if len(same) else end, len(order))
+        end = min(start + max(1, budget // T), len(order))
+        other = np.nonzero(keys[start:end] != keys[start])[0]
+        end = start + int(other[0]) if len(other) else end
         batch = order[start:end]
         plan.append(batch[np.argsort(pair_query[batch], kind="stable")])
         start = end
@@ -202,8 +213,9 @@ class Feed:
                                   "--decode device or auto on CUDA)")
             self.cache = DeviceCache(reader, device, cache_mib << 20)
 
-    def plan(self, lengths: np.ndarray, pair_query: np.ndarray) -> list[np.ndarray]:
-        return plan_cross(lengths, pair_query, self.budget)
+    def plan(self, lengths: np.ndarray, pair_query: np.ndarray, query_lengths: np.ndarray | None = None
+             ) -> list[np.ndarray]:
+        return plan_cross(lengths, pair_query, self.budget, query_lengths)
 
     def load(self, pairs: np.ndarray, flat_rows: np.ndarray, flat_lengths: np.ndarray) -> FedBatch:
         rows, lengths = flat_rows[pairs], flat_lengths[pairs]
