@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test e2e bench clean
+.PHONY: setup demo test e2e bench clean gpu-carry
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ e2e: $(VENV)/.installed-test
 	test -x $(CHROMIUM) || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q -m e2e tests/test_page_e2e.py
 	@echo "screenshot of the search page: $(CURDIR)/out/e2e-search-page.png"
+
+# The 64 MiB `.gpu/` folder that benchmarks/gpu.py needs on a bare GPU machine (BENCHMARKS.md, GPU).
+gpu-carry: setup
+	$(BIN)/python benchmarks/gpu_prep.py --out .gpu
 
 clean:
 	rm -rf $(VENV) out

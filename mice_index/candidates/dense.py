@@ -36,6 +36,7 @@ import faiss
 import numpy as np
 
 from mice_index.candidates.base import PAD_ROW, PAD_SCORE, Candidates, check_k, read_meta, write_meta
+from mice_index.candidates.faiss_gpu import search_index, train_on_gpu
 from mice_index.candidates.vectors import StoredVectors
 from mice_index.errors import IndexError_, SearchError, StorageError
 
@@ -155,7 +156,9 @@ def _build(source: StoredVectors, cfg: DenseConfig) -> DenseIndex:
         index = faiss.index_factory(d, f"IVF{cfg.ivf_nlist},PQ{cfg.pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
         sample = min(n, cfg.train_max_rows)
     rows = np.linspace(0, n - 1, num=sample).astype(np.int64)  # evenly spaced: corpora are often sorted
-    logger.info("dense %s: training %d lists on %d of %d vectors", cfg.kind, cfg.ivf_nlist, rows.size, n)
+    gpu = train_on_gpu(index)
+    logger.info("dense %s: training %d lists on %d of %d vectors%s", cfg.kind, cfg.ivf_nlist, rows.size, n,
+                " (k-means on the GPU)" if gpu else "")
     index.train(_as_matrix(source.take(rows), d, "dense embeddings"))
     for c in chunks:
         _warn_if_not_unit(c)
@@ -260,6 +263,7 @@ class DenseIndex:
         self.index = index
         self.config = config
         self.vectors = vectors
+        self._searcher = None  # `index`, or its GPU copy (faiss-gpu), made at the first search
         if config.kind in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(index).nprobe = config.nprobe
         if vectors is not None and (vectors.num_docs, vectors.dim) != (self.num_docs, self.dim):
@@ -294,7 +298,9 @@ class DenseIndex:
         with _threads(1 if queries.shape[0] < FEW_QUERIES else None):
             if self.config.kind == "ivfpq":
                 return self._search_refined(queries, k)
-            scores, rows = self.index.search(queries, k)
+            if self._searcher is None:
+                self._searcher = search_index(self.index, self.config.kind)
+            scores, rows = self._searcher.search(queries, k)
         rows = rows.astype(np.int64, copy=False)
         scores = np.where(rows >= 0, scores, PAD_SCORE).astype(np.float32, copy=False)
         return Candidates(rows, scores)

@@ -99,6 +99,29 @@ class Codec(ABC):
 
         return torch.from_numpy(self.decode(parts))
 
+    def decode_device(self, parts):  # dict[str, torch.Tensor] -> torch.Tensor
+        """Decode columns that already lie on a torch device (e.g. CUDA: 32 B/token codes cross
+        PCIe instead of 768 B/token float16 states) -> float32 [T, D] on that device. Equals
+        `decode` within float32 rounding (tests/test_codec_device.py). Parameters are copied to
+        each device once. This default decodes on the host and copies back."""
+        import torch
+
+        device = next(iter(parts.values())).device
+        host = {k: v.cpu().numpy() for k, v in parts.items()}
+        return torch.from_numpy(self.decode(host)).to(device)
+
+    def _device_params(self, device, **arrays: np.ndarray) -> dict:
+        """`arrays` as float32 torch tensors on `device`, converted once per device (cached)."""
+        import torch
+
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = (str(device), tuple(id(v) for v in arrays.values()))  # refit / reload: new arrays
+        if key not in cache:
+            cache.clear()
+            cache[key] = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32).to(device)
+                          for k, v in arrays.items()}
+        return cache[key]
+
     @abstractmethod
     def _encode(self, x: np.ndarray) -> Parts: ...
 

@@ -110,6 +110,27 @@ class _PQFamily(Codec):
         return np.concatenate([self.pq.compute_codes(np.ascontiguousarray(z[i:i + rows], dtype=F32))
                                for i in range(0, z.shape[0], rows)])
 
+    def _pq_decode_device(self, codes):
+        """faiss `ProductQuantizer.decode` on a torch device: codes uint8 [T, code_size] (M codes
+        of nbits each, packed least significant bit first as faiss's BitstringWriter does) ->
+        normalised (residual) vectors float32 [T, D]."""
+        import torch
+
+        table = self._device_params(codes.device, pq=_pq_centroids(self.pq))["pq"]  # [M, ksub, dsub]
+        if self.nbits == 8:
+            ids = codes[:, : self.M].long()
+        else:
+            shifts = torch.arange(8, device=codes.device, dtype=torch.uint8)
+            bits = ((codes[:, :, None] >> shifts) & 1).flatten(1)[:, : self.M * self.nbits]
+            weights = (1 << torch.arange(self.nbits, device=codes.device, dtype=torch.int64))
+            ids = (bits.view(-1, self.M, self.nbits).long() * weights).sum(-1)  # [T, M]
+        sub = table[torch.arange(self.M, device=codes.device), ids]  # [T, M, dsub]
+        return sub.reshape(len(codes), self.dim)
+
+    def _denormalise_device(self, z):
+        p = self._device_params(z.device, mean=self.mean, std=self.std)
+        return z * p["std"] + p["mean"]
+
     def _need(self, x: np.ndarray, k: int, what: str) -> None:
         if x.shape[0] < k:
             raise CodecError(f"codec {self.name!r}: fit sample has {x.shape[0]} tokens, {what} needs >= {k} "
@@ -159,6 +180,9 @@ class PQCodec(_PQFamily):
     def _decode(self, parts: Parts) -> np.ndarray:
         return self._denormalise(self.pq.decode(parts["codes"]))
 
+    def decode_device(self, parts):
+        return self._denormalise_device(self._pq_decode_device(parts["codes"]))
+
 
 class OPQCodec(_PQFamily):
     """PQ after a learned orthogonal rotation (faiss OPQMatrix) that balances sub-space variance."""
@@ -197,6 +221,10 @@ class OPQCodec(_PQFamily):
 
     def _decode(self, parts: Parts) -> np.ndarray:
         return self._denormalise(self.pq.decode(parts["codes"]) @ self.rotation)
+
+    def decode_device(self, parts):
+        z = self._pq_decode_device(parts["codes"])
+        return self._denormalise_device(z @ self._device_params(z.device, rotation=self.rotation)["rotation"])
 
     def _params(self) -> dict[str, np.ndarray]:
         return {**super()._params(), "rotation": self.rotation}
@@ -262,6 +290,13 @@ class ResidualCodec(_PQFamily):
         if ids.size and int(ids.max()) >= self.n_centroids:
             raise CodecError(f"codec 'rq': centroid id {int(ids.max())} >= n_centroids={self.n_centroids}")
         return self._denormalise(self.centroids[ids] + self.pq.decode(parts["codes"]))
+
+    def decode_device(self, parts):
+        ids = parts["centroid"][:, 0].long() & 0xFFFF  # uint16 travels as int16 (torch lacks uint16 ops)
+        if ids.numel() and int(ids.max()) >= self.n_centroids:
+            raise CodecError(f"codec 'rq': centroid id {int(ids.max())} >= n_centroids={self.n_centroids}")
+        centroids = self._device_params(ids.device, centroids=self.centroids)["centroids"]
+        return self._denormalise_device(centroids[ids] + self._pq_decode_device(parts["codes"]))
 
     def _params(self) -> dict[str, np.ndarray]:
         return {**super()._params(), "centroids": self.centroids}

@@ -34,6 +34,9 @@ class Fp32Codec(Codec):
     def _decode(self, parts: Parts) -> np.ndarray:
         return parts["values"].astype(F32, copy=True)
 
+    def decode_device(self, parts):
+        return parts["values"].float()
+
 
 class Fp16Codec(Codec):
     """Half precision: relative error per element <= 2**-11 inside the float16 normal range."""
@@ -57,6 +60,9 @@ class Fp16Codec(Codec):
         self._check_parts(parts)
         return torch.from_numpy(np.ascontiguousarray(parts["values"])).float()
 
+    def decode_device(self, parts):
+        return parts["values"].float()
+
 
 class Int8Codec(Codec):
     """Symmetric int8 with one float16 absmax scale per token: |x - x^| <= scale / 2 per element.
@@ -79,6 +85,9 @@ class Int8Codec(Codec):
 
     def _decode(self, parts: Parts) -> np.ndarray:
         return parts["values"].astype(F32) * parts["scale"].astype(F32)
+
+    def decode_device(self, parts):
+        return parts["values"].float() * parts["scale"].float()
 
 
 class Int8DimCodec(Codec):
@@ -107,6 +116,10 @@ class Int8DimCodec(Codec):
 
     def _decode(self, parts: Parts) -> np.ndarray:
         return parts["values"].astype(F32) * self.scale
+
+    def decode_device(self, parts):
+        values = parts["values"]
+        return values.float() * self._device_params(values.device, scale=self.scale)["scale"]
 
     def _params(self) -> dict[str, np.ndarray]:
         return {"scale": self.scale}

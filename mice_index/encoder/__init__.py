@@ -43,6 +43,10 @@ class EncoderConfig:
     device: Device = "auto"
     dtype: DType = "auto"  # compute dtype (see resolve_dtype); states are float32 before the codec
     prune: str = "none"  # document-token pruning after the bottom (mice_index.prune.PRUNE_RULES)
+    # windows / tokenized chunks prepared ahead by a tokenizer thread and a forward-pass thread, so
+    # that tokenizing, encoding and writing overlap (encoder/prefetch.py); 0: serial; None: 2 on
+    # CUDA, 0 on a CPU (where the threads compete with compute for the same cores)
+    prefetch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_docs", "window_tokens"):
@@ -54,6 +58,8 @@ class EncoderConfig:
             raise MiceIndexError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise MiceIndexError(f"--dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise MiceIndexError(f"--prefetch must be >= 0, got {self.prefetch}")
         if self.prune not in PRUNE_RULES:
             raise MiceIndexError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
 
@@ -149,6 +155,7 @@ class DocumentEncoder:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.autocast = self.dtype == "bf16"
+        self.prefetch = config.prefetch if config.prefetch is not None else 2 if self.device.type == "cuda" else 0
         model = model.to(self.device).eval()
         tower = tower.to(self.device).eval() if tower is not None else None
         self.main = _Pass(model, tower, config.max_doc_length, self.device)
@@ -235,7 +242,37 @@ class DocumentEncoder:
     def windows(self, docs: Iterable[Document], start_row: int = 0, boundary: int | None = None,
                 stop_row: int | None = None) -> Iterator[EncodedWindow]:
         """Encode `docs` (the corpus from row `start_row` on) window by window, in corpus order.
-        Windows never cross a multiple of `boundary` rows; encoding stops before `stop_row`."""
+        Windows never cross a multiple of `boundary` rows; encoding stops before `stop_row`.
+        With `prefetch` > 0, tokenization and forward passes run in threads of their own, ahead
+        of the caller (encoder/prefetch.py): the same windows, bit-identical states."""
+        chunks = self._chunks(docs, start_row, boundary, stop_row)
+        if self.prefetch:
+            from mice_index.encoder.prefetch import ahead
+
+            return ahead(self._windows(ahead(chunks, self.prefetch, "mice-tokenize"), start_row, boundary),
+                         self.prefetch, "mice-encode")
+        return self._windows(chunks, start_row, boundary)
+
+    def _chunks(self, docs: Iterable[Document], row: int, boundary: int | None,
+                stop_row: int | None) -> Iterator[tuple[list[Document], list[list[int]], list[bool]]]:
+        """(documents, token ids, truncated flags) in chunks of at most TOKENIZE_CHUNK documents."""
+        docs = iter(docs)
+        while True:
+            # never read past the next shard boundary before that shard is done: a bad line further
+            # on must not keep the documents before it from being committed
+            n = TOKENIZE_CHUNK
+            if boundary:
+                n = min(n, boundary - row % boundary)
+            if stop_row is not None:
+                n = min(n, stop_row - row)
+            chunk = list(itertools.islice(docs, n)) if n > 0 else []
+            if not chunk:
+                return
+            ids, cut = self.main.tokenize([self.main.model.format_document(d.title, d.text) for d in chunk])
+            yield chunk, ids, cut
+            row += len(chunk)
+
+    def _windows(self, chunks, start_row: int, boundary: int | None) -> Iterator[EncodedWindow]:
         cfg = self.config
         row = start_row
         pending: list[tuple[Document, list[int], bool]] = []
@@ -248,19 +285,7 @@ class DocumentEncoder:
             pending, n_tokens = [], 0
             return win
 
-        docs = iter(docs)
-        while True:
-            # never read past the next shard boundary before that shard is done: a bad line further
-            # on must not keep the documents before it from being committed
-            n = TOKENIZE_CHUNK
-            if boundary:
-                n = min(n, boundary - row % boundary)
-            if stop_row is not None:
-                n = min(n, stop_row - row)
-            chunk = list(itertools.islice(docs, n)) if n > 0 else []
-            if not chunk:
-                break
-            ids, cut = self.main.tokenize([self.main.model.format_document(d.title, d.text) for d in chunk])
+        for chunk, ids, cut in chunks:
             for doc, x, c in zip(chunk, ids, cut):
                 if pending and (n_tokens + len(x) > cfg.window_tokens or len(pending) >= cfg.window_docs
                                 or (boundary and row % boundary == 0)):
@@ -272,6 +297,5 @@ class DocumentEncoder:
                 yield flush()
         if pending:
             yield flush()
-
 
 __all__ = ["DType", "Device", "DocumentEncoder", "EncodedWindow", "EncoderConfig", "resolve_device", "resolve_dtype"]

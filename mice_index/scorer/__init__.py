@@ -27,10 +27,12 @@ from mice_index.encoder import cpu_has_bf16, resolve_device
 from mice_index.errors import SearchError
 from mice_index.model import MiceModel
 from mice_index.scorer.fast import score_pairs
+from mice_index.scorer.feed import Feed, resolve_batching, resolve_decode
 
 __all__ = ["MiceScorer", "ScorerConfig", "StateReader"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SDPA = ("flash", "efficient", "math", "cudnn")
 from mice_index.choices import QUANTIZE  # noqa: E402 - one source for the CLI and the scorer
 
 
@@ -58,10 +60,30 @@ class ScorerConfig:
     # error, measured in BENCHMARKS.md (Latency). none: exact, independent of batching.
     # auto: int8 where it runs (CPU, fp32, an x86/fbgemm quantized engine), else none.
     quantize: Literal["auto", "none", "int8"] = "auto"
+    # query: a batch holds one query's candidates (`batch_tokens`); cross: batches span queries,
+    # sorted by length in bucketed shapes of `cross_batch_tokens` (scorer/feed.py; a query's
+    # scores equal its scores alone within 1e-5 in fp32, feed.BF16_BOUND in bf16). auto: cross on
+    # CUDA, query elsewhere
+    batching: Literal["auto", "query", "cross"] = "auto"
+    cross_batch_tokens: int = 131_072  # padded document tokens per cross-query batch
+    # where stored states are decoded: device (codec columns cross PCIe: 32 B/token for compact
+    # instead of 1,536 B/token float32), host; auto: device on CUDA with an index reader
+    decode: Literal["auto", "host", "device"] = "auto"
+    gpu_cache: int = 0  # MiB of the device kept for the index's encoded states (0: none; cross only)
+    # scaled-dot-product attention kernels on CUDA: auto = flash, memory-efficient, math (not
+    # cuDNN, which builds a plan per new shape); or one of them by name
+    sdpa: Literal["auto", "flash", "efficient", "math", "cudnn"] = "auto"
 
     def __post_init__(self):
         if self.quantize not in QUANTIZE:
             raise SearchError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
+        if self.sdpa != "auto" and self.sdpa not in SDPA:
+            raise SearchError(f"--sdpa must be one of auto, {', '.join(SDPA)}, got {self.sdpa!r}")
+        for name in ("batch_tokens", "cross_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise SearchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.gpu_cache < 0:
+            raise SearchError(f"--gpu-cache must be >= 0 MiB, got {self.gpu_cache}")
 
 
 @dataclass
@@ -90,6 +112,14 @@ class MiceScorer:
         self.reader = reader
         self.prefetch = config.prefetch if config.prefetch is not None else 2 if self.device.type == "cuda" else 0
         self._buffers: queue.SimpleQueue[tuple] = queue.SimpleQueue()  # reused host buffers
+        self.batching = resolve_batching(config.batching, self.device, self.quantize)
+        self.feed = None
+        if self.batching == "cross":
+            self.feed = Feed(reader, self.device, self.dtype, self.model.config.hidden_size,
+                             config.cross_batch_tokens, resolve_decode(config.decode, self.device, reader),
+                             self.prefetch + 2, config.gpu_cache)
+        elif config.gpu_cache:
+            raise SearchError("--gpu-cache needs cross-query batching (--batching cross, the default on CUDA)")
 
     @torch.inference_mode()
     def score(self, queries: Sequence[str], candidates: Sequence[Sequence[int]],
@@ -103,14 +133,16 @@ class MiceScorer:
         out = np.empty(len(flat_rows), dtype=np.float32)
         if len(flat_rows):
             lengths = np.asarray(self.reader.lengths(flat_rows.tolist()), dtype=np.int64)
-            plan = self._plan(flat_q, flat_rows, lengths)
             if query_states is None:
                 q_states, q_mask = encode_queries_alone(self.model, list(queries))  # bottom once per query
             else:
                 q_states, q_mask = query_states[0].to(self.device, self.dtype), query_states[1].to(self.device)
-            for batch in self._prefetched(plan, flat_rows, lengths):
-                out[batch.pairs] = self._score_batch(q_states, q_mask, flat_q[batch.pairs], batch)
-                self.release(batch)  # _score_batch synchronised with the device (.cpu())
+            plan = (self.feed.plan(lengths, flat_q, q_mask.sum(1).cpu().numpy()) if self.feed
+                    else self._plan(flat_q, flat_rows, lengths))
+            with _sdpa_backends(self.config.sdpa, self.device):
+                for batch in self._prefetched(plan, flat_rows, lengths):
+                    out[batch.pairs] = self._score_batch(q_states, q_mask, flat_q[batch.pairs], batch)
+                    self.release(batch)  # _score_batch synchronised with the device (.cpu())
             if not np.isfinite(out).all():
                 raise _non_finite(self.reader, flat_rows[~np.isfinite(out)])
         bounds = np.cumsum([0] + [len(c) for c in candidates])
@@ -134,7 +166,10 @@ class MiceScorer:
 
     def _load(self, pairs: np.ndarray, flat_rows: np.ndarray, flat_lengths: np.ndarray) -> _Batch:
         """Read, decode and pad the states of one planned batch into a reused host buffer (a fresh
-        [B,Tmax,D] allocation costs page faults on every batch), then move it to the device."""
+        [B,Tmax,D] allocation costs page faults on every batch), then move it to the device.
+        Cross-query batching: `Feed.load` (bucketed shapes, buffer pool, device decoding)."""
+        if self.feed is not None:
+            return self.feed.load(pairs, flat_rows, flat_lengths)
         rows, lengths = flat_rows[pairs].tolist(), flat_lengths[pairs]
         B, T, D = len(rows), max(1, int(lengths.max())), self.model.config.hidden_size
         buffer = self._buffer(B * T * D)
@@ -171,6 +206,8 @@ class MiceScorer:
 
     def release(self, batch: _Batch) -> None:
         """Give a scored batch's host buffer back to the pool (at most prefetch + 2 are kept)."""
+        if self.feed is not None:
+            return self.feed.release(batch)
         if self._buffers.qsize() < self.prefetch + 2:
             self._buffers.put(batch.buffer)
 
@@ -223,6 +260,22 @@ class MiceScorer:
         s = score_pairs(self.interaction, q_states[sel, :tq], qm[:, :tq],
                         torch.as_tensor(local, device=self.device), batch.docs, batch.mask)
         return s.float().cpu().numpy()
+
+
+def _sdpa_backends(sdpa: str, device: torch.device):
+    """Context choosing the scaled-dot-product attention kernels (ScorerConfig.sdpa); on a CPU
+    only an explicit choice applies."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    if sdpa == "auto":
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        return sdpa_kernel([names["flash"], names["efficient"], names["math"]])
+    return sdpa_kernel([names[sdpa]])
 
 
 def encode_queries_alone(model: MiceModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
