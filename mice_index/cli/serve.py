@@ -43,7 +43,7 @@ def serve_command(
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds one request may take, queueing included: still queued then 503, being scored 504 (stopped at its next chunk).")] = _LIMITS.request_timeout_s,
     pass_work: Annotated[int, typer.Option("--pass-work", help="Candidates (queries x depth) scored in one pass; between passes a request's budget is checked and requests that arrived meanwhile run.")] = _LIMITS.chunk_work,
     max_body: Annotated[int, typer.Option("--max-body", help="Request body bytes at most (more: 413, before it is read).")] = _LIMITS.max_body_bytes,
-    allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Comma-separated Host header names accepted (others: 400) [default: localhost, 127.0.0.1, ::1 when --host is a loopback address, else any].")] = None,
+    allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Comma-separated Host header names accepted (others: 400) \\[default: localhost, 127.0.0.1, ::1 when --host is a loopback address, else any].")] = None,
 ) -> None:
     """Serve an index over HTTP: GET / (search page), /search, /info, /health, /docs (OpenAPI)."""
     from mice_index.serve.limits import loopback_hosts  # stdlib only: bind before heavy imports
@@ -59,7 +59,6 @@ def serve_command(
     check_positive("--k", k)
     if quantize not in QUANTIZE:
         raise MiceIndexError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
-    read_manifest(index)  # a missing or damaged index folder, named
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else loopback_hosts(host)
     try:
         limits = ServeLimits(max_k=max_k, max_depth=max_depth, max_work=max_work, max_explain=max_explain,
@@ -69,6 +68,7 @@ def serve_command(
         raise MiceIndexError("--max-k, --max-depth, --max-work, --max-explain, --max-body, --pass-work and "
                              "--request-timeout must be positive") from None
     sock = bind(host, port)  # a busy port is one line now, before seconds of importing and loading
+    read_manifest(index)  # a missing or damaged index folder, named, still before torch
     try:
         import uvicorn  # noqa: F401
 

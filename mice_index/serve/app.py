@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -253,6 +254,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+# the request parameters that share a CLI flag's name (the server's own options, e.g. --max-k, stay)
+_CLI_FLAG = re.compile(r"(?<![\w-])--(k|depth|candidates|rerank|alpha|explain|query)\b(?!-)")
+
+
+def _api_message(exc: Exception) -> str:
+    """A shared check's message (written for the CLI) with its options named as this API's
+    parameters: `--k must be positive` -> `k must be positive`."""
+    return _CLI_FLAG.sub(r"\1", str(exc))
+
+
 def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
                limits: ServeLimits = ServeLimits(), model_name: str | None = None) -> FastAPI:
     """The service over an opened Searcher (its config gives the default settings; `k` the
@@ -290,6 +301,9 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     async def bad_request(request: Request, exc: RequestValidationError):
         parts = []
         for e in exc.errors():
+            if e.get("type") == "json_invalid":  # pydantic's "0: JSON decode error" says nothing useful
+                parts.append(f"the request body is not valid JSON ({e.get('ctx', {}).get('error', 'cannot parse')})")
+                continue
             where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body"))
             parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
         request.state.log = f" error={'; '.join(parts)}"
@@ -328,7 +342,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
             settings, work = _validate(req)
         except MiceIndexError as exc:
             request.state.log = f" error={exc}"
-            return _error(400, str(exc))
+            return _error(400, _api_message(exc))
         request.state.log = (f" k={work.k} candidates={settings.candidates} depth={settings.depth} "
                              f"queries={len(work.queries)}{' explain' if work.explain else ''}")
         budget = work.budget
@@ -342,7 +356,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
             request.state.log += f" stopped: {exc}"
             return _error(504, str(exc))
         except SearchError as exc:
-            return _error(400, str(exc))
+            return _error(400, _api_message(exc))
         except MiceIndexError as exc:  # index damage, a failing disk: the server's fault, paths stay here
             log.error("search failed: %s", exc)
             return _error(503, "the index cannot be read (the server log says why)")
