@@ -1,7 +1,7 @@
 """Query length: nDCG@10 and query-side cost of `max_query_length` 32 vs 64 vs 128 on real queries.
 
     .venv/bin/python benchmarks/query_length.py [--model default] [--lengths 32,64,128] \
-        [--depth 100] [--cache /tmp/mice-train-cache] [--out benchmarks/results/query_length.json]
+        [--depth 100] [--max-queries N] [--cache /tmp/mice-train-cache] [--out benchmarks/results/query_length.json]
 
 The same model is evaluated with its queries cut at each length (`MiceModel.with_config`; the
 positional embeddings cover 512 tokens), through `mice_index.train.realdev.RealDev` (pure MICE over
@@ -63,6 +63,7 @@ def main() -> None:
     p.add_argument("--collections", default=",".join(ALL))
     p.add_argument("--lengths", default="32,64,128")
     p.add_argument("--depth", type=int, default=100)
+    p.add_argument("--max-queries", type=int, default=None, help="judged queries per collection (None: all)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/mice-train-cache"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/query_length.json"))
     args = p.parse_args()
@@ -78,7 +79,8 @@ def main() -> None:
         corpus.states = load_or_encode(model, corpus.doc_ids, corpus.texts, args.cache / model.fingerprint(),
                                        corpus.name, dense[1])
         corpora[n] = corpus
-    dev = RealDev([args.data / n for n in names], corpora, dense, depth=args.depth, alphas=(alpha,))
+    dev = RealDev([args.data / n for n in names], corpora, dense, depth=args.depth, alphas=(alpha,),
+                  max_queries=args.max_queries)
     lengths = {c.name: [len(model.tokenizer(t)["input_ids"]) for t in c.query_texts] for c in dev.collections}
     out = {"model": args.model, "alpha": alpha, "depth": args.depth,
            "query_tokens_median": {n: float(np.median(v)) for n, v in lengths.items()}, "by_length": {}}
