@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -23,7 +22,9 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from mice_index.choices import QUANTIZE  # one source for the CLI and the scorer
 from mice_index.encoder import cpu_has_bf16, resolve_device
+from mice_index.encoder.prefetch import ahead
 from mice_index.errors import SearchError
 from mice_index.model import MiceModel
 from mice_index.scorer.fast import score_pairs
@@ -33,7 +34,6 @@ __all__ = ["MiceScorer", "ScorerConfig", "StateReader"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SDPA = ("flash", "efficient", "math", "cudnn")
-from mice_index.choices import QUANTIZE  # noqa: E402 - one source for the CLI and the scorer
 
 
 class StateReader(Protocol):
@@ -223,33 +223,8 @@ class MiceScorer:
         if self.prefetch <= 0:
             yield from (self._load(pairs, flat_rows, lengths) for pairs in plan)
             return
-        results: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for pairs in plan:
-                    if stop.is_set():
-                        return
-                    results.put(self._load(pairs, flat_rows, lengths))
-                results.put(None)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
-                results.put(exc)
-
-        worker = threading.Thread(target=produce, name="mice-prefetch", daemon=True)
-        worker.start()
-        try:
-            while (item := results.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while worker.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    results.get_nowait()
-                except queue.Empty:
-                    worker.join(timeout=0.05)
+        yield from ahead((self._load(pairs, flat_rows, lengths) for pairs in plan), self.prefetch,
+                         name="mice-prefetch")
 
     def _score_batch(self, q_states: torch.Tensor, q_mask: torch.Tensor, pair_query: np.ndarray,
                      batch: _Batch) -> np.ndarray:
