@@ -126,17 +126,25 @@ class MicroBatcher:
             jobs = [first]
             deadline = time.monotonic() + self.config.window_ms / 1000
             while len(jobs) < self.config.max_batch:
-                try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    self._stopping.set()
+                job = self._next_job(max(0.0, deadline - time.monotonic()))
+                if job is None:
                     break
                 jobs.append(job)
             self.batches += 1
             self._run_jobs(jobs)
         self._fail_queued()
+
+    def _next_job(self, timeout: float | None) -> _Job | None:
+        """The next queued job, waiting at most `timeout` seconds (None: not at all); None when
+        there is none or a stop was queued (then the batcher is marked as stopping)."""
+        try:
+            job = self._queue.get_nowait() if timeout is None else self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if job is _STOP:
+            self._stopping.set()
+            return None
+        return job
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         groups: dict[Hashable, list[_Job]] = {}
@@ -154,14 +162,7 @@ class MicroBatcher:
         if self._nested or threading.current_thread() is not self._thread:
             return
         jobs = []
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is _STOP:
-                self._stopping.set()
-                break
+        while (job := self._next_job(None)) is not None:
             jobs.append(job)
         if not jobs:
             return
