@@ -31,6 +31,7 @@ from mice_index.store.generation import new_generation
 from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
+from mice_index.sources.passages import check_passages, split_documents
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
 from mice_index.store.manifest import complete_index_error
@@ -70,9 +71,17 @@ class BuildConfig:
     id_field: str = "_id"
     text_field: str = "text"
     title_field: str = "title"
+    # long documents as passages (mice_index/sources/passages.py): (window W, stride S) in tokens of
+    # the text; each window is its own store row with the document's doc_id; None: one row per
+    # document, cut at max_doc_length (the paper's form)
+    passages: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         resolve_codec_name(self.codec)  # unknown codec -> CodecError before anything is loaded
+        if self.passages is not None:  # S > W, W or S < 1: one line before any work (the model's limit: _Builder)
+            if not (isinstance(self.passages, tuple) and len(self.passages) == 2):
+                raise MiceIndexError(f"passages must be a (window, stride) pair, got {self.passages!r}")
+            check_passages(*self.passages)
         if self.shard_docs < 1 or self.fit_tokens < 1:
             raise MiceIndexError("shard_docs and fit_tokens must be >= 1")
         if self.dense not in ("auto", "none"):
@@ -93,6 +102,12 @@ class BuildResult:
     seconds: float
 
 
+def _new_documents(rows) -> int:
+    """Documents that start among `rows` (a passage numbered 0, or a whole document): progress
+    counts documents, also when each is stored as several passages."""
+    return sum(1 for d in rows if getattr(d, "passage", 0) == 0)
+
+
 def _kill_hook(point: str) -> None:
     if os.environ.get(KILL_ENV) == point:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -104,8 +119,10 @@ def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> dict[str, Any]
             "seed", "id_field", "text_field", "title_field")
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     prune = {"prune": cfg.prune} if cfg.prune != "none" else {}  # absent = "none" (indexes before pruning)
+    # absent = None (one row per document: every index before passages)
+    passages = {"passages": {"window": cfg.passages[0], "stride": cfg.passages[1]}} if cfg.passages else {}
     return {"codec": codec_name, "max_doc_length": max_len, "dtype": dtype, **{k: getattr(cfg, k) for k in keys},
-            **prune}
+            **prune, **passages}
 
 
 def _load_dense(model: MiceModel, cfg: BuildConfig):
@@ -138,12 +155,19 @@ class _Builder:
         if not 3 <= self.max_len <= mc.max_position_embeddings:
             raise MiceIndexError(f"--max-doc-length must be in 3..{mc.max_position_embeddings} for this model, "
                                  f"got {self.max_len}")
+        if cfg.passages is not None:  # the window must fit the model with [CLS] and [SEP]
+            check_passages(*cfg.passages, max_tokens=self.max_len - 2)
         self.settings = _settings(cfg, self.max_len, self.codec_name)
         self.fingerprint = self.model.fingerprint()
 
     def docs(self) -> Iterator[Document]:
+        """The build's stream of store rows: the corpus's documents, or with `passages` each
+        document's passages (`split_documents`); every writer of rows reads it from here."""
         c = self.cfg
-        return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field)
+        docs = read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field)
+        if c.passages is None:
+            return docs
+        return split_documents(docs, self.model.tokenizer, *c.passages)
 
     # -- index folder state --
     def prepare(self) -> dict[str, Any] | None:
@@ -162,8 +186,8 @@ class _Builder:
                 raise IndexError_(f"{root}: unfinished index was started by an older mice-index (index format "
                                   f"{m['format_version']}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
                                   "to rebuild it")
-            keys = [*self.settings, *(["prune"] if "prune" not in self.settings else [])]  # absent = none
-            absent = {"prune": "none"}  # a setting recorded only when not its default
+            keys = [*self.settings, *(k for k in ("prune", "passages") if k not in self.settings)]  # absent = default
+            absent = {"prune": "none", "passages": None}  # settings recorded only when not their default
             diff = {k: (m["settings"].get(k, absent.get(k)), self.settings.get(k, absent.get(k))) for k in keys
                     if m["settings"].get(k, absent.get(k)) != self.settings.get(k, absent.get(k))}
             if diff:
@@ -258,6 +282,7 @@ class _Builder:
 
         for s in shards:
             path = self.root / L.SHARDS_DIR / s["name"] / L.DOCS
+            done = 0
             for row, stored in enumerate(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()):
                 doc = next(docs, None)
                 if doc is None or doc.doc_id != stored:
@@ -265,8 +290,9 @@ class _Builder:
                     raise IndexError_(f"{self.root}: the corpus differs from the one this unfinished index was "
                                       f"started with: row {s['start_row'] + row} is {stored!r} in the index, "
                                       f"{got} in {self.corpus}; pass --overwrite to start over")
+                done += _new_documents([doc])
             if self.progress:
-                self.progress(s["num_docs"])
+                self.progress(done)
         if shards and shards[-1]["num_docs"] < self.cfg.shard_docs:  # the last shard ended the corpus
             extra = next(docs, None)
             if extra is not None:
@@ -332,11 +358,12 @@ class _Builder:
         try:
             for win in encoder.windows(docs, start, S):
                 if writer is None:
-                    writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec)
+                    writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec,
+                                         passages=self.cfg.passages is not None)
                 writer.add(win)
-                encoded += len(win.docs)
+                encoded += _new_documents(win.docs)
                 if self.progress:
-                    self.progress(len(win.docs))
+                    self.progress(_new_documents(win.docs))
                 if writer.num_docs == S:
                     commit()
             if writer is not None:

@@ -28,6 +28,10 @@ DOC_SCHEMA = pa.schema([
     ("row", pa.int64()), ("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string()),
     ("num_tokens", pa.int32()), ("truncated", pa.bool_()),
 ])
+# a passage index (build --passages) adds, per row, the passage's number in its document (from 0)
+# and its character span [char_start, char_end) in the document's text
+PASSAGE_FIELDS = [("passage", pa.int32()), ("char_start", pa.int64()), ("char_end", pa.int64())]
+PASSAGE_SCHEMA = pa.schema([*DOC_SCHEMA, *(pa.field(n, t) for n, t in PASSAGE_FIELDS)])
 
 
 def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array:
@@ -41,8 +45,9 @@ def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array
 class ShardWriter:
     """Accumulates consecutive windows of one build shard in `tmp`, then `commit()`s it."""
 
-    def __init__(self, root: Path, index: int, start_row: int, codec: Codec):
+    def __init__(self, root: Path, index: int, start_row: int, codec: Codec, passages: bool = False):
         self.index, self.start_row, self.codec = index, start_row, codec
+        self.schema = PASSAGE_SCHEMA if passages else DOC_SCHEMA  # passages: rows are `Passage`s
         self.tmp = root / L.SHARDS_DIR / (L.TMP_PREFIX + L.shard_name(index))
         self.final = root / L.SHARDS_DIR / L.shard_name(index)
         with os_errors(self.tmp, f"creating build shard {self.final.name}"):
@@ -62,7 +67,7 @@ class ShardWriter:
         self.truncated = 0
         self.empty = 0
         self.num_docs = 0
-        self.docs = pq.ParquetWriter(str(self.tmp / L.DOCS), DOC_SCHEMA, write_page_checksum=True)
+        self.docs = pq.ParquetWriter(str(self.tmp / L.DOCS), self.schema, write_page_checksum=True)
 
     def add(self, win: EncodedWindow) -> None:
         """Append one encoded window (the next rows of this shard)."""
@@ -78,11 +83,14 @@ class ShardWriter:
         self.pending_tokens += int(win.lengths.sum())
         self._flush(final=False)
         n = len(win.docs)
-        self.docs.write_table(pa.table({
+        columns = {
             "row": np.arange(win.start_row, win.start_row + n, dtype=np.int64),
             "doc_id": [d.doc_id for d in win.docs], "title": [d.title for d in win.docs],
             "text": [d.text for d in win.docs], "num_tokens": win.lengths, "truncated": win.truncated,
-        }, schema=DOC_SCHEMA))
+        }
+        if self.schema is PASSAGE_SCHEMA:
+            columns.update({name: [getattr(d, name) for d in win.docs] for name, _ in PASSAGE_FIELDS})
+        self.docs.write_table(pa.table(columns, schema=self.schema))
         self.lengths.append(win.lengths)
         if win.dense is not None:
             self.dense.append(win.dense)
