@@ -17,9 +17,10 @@ Windows are cut at token boundaries with the tokenizer's character offsets, so a
 a substring of the document's (`text[char_start:char_end]`), and at *word* starts (a token that
 is not a continuation piece such as "##ing"): a window starting at token i covers at most W
 tokens, ending before the last word start that keeps it within W tokens; the next window starts
-at the last word start at or before i + S (after i). Tokenizing a passage's text again therefore
+at the last word start in (i, i + S], or where there is none (a word longer than S) at the first
+word start after i + S (never after the window's end, so no text is skipped). Tokenizing a passage's text again therefore
 gives exactly its window's tokens (tested), which is what makes the stored states equal the model's
-text path. A single word longer than the window (or the stride) is the one case cut inside a word. Windows stop at
+text path. A single word longer than W tokens is the one case cut inside a word. Windows stop at
 the first one that reaches the end of the text, so the last passage may be shorter than W; a text
 of at most W tokens (and an empty text) is one passage, the whole text.
 """
@@ -93,10 +94,12 @@ def windows(starts: list[bool], window: int, stride: int) -> list[tuple[int, int
             b = a + window  # one word longer than the window: cut inside it
         out.append((a, b))
         nxt = a + stride
-        while nxt > a + 1 and not starts[nxt]:
+        while nxt > a and not starts[nxt]:  # the last word start within the stride ...
             nxt -= 1
-        if nxt == a + 1 and not starts[nxt]:
+        if nxt == a:  # ... else the first one after it (never past this window's end: no gap)
             nxt = a + stride
+            while nxt < b and not starts[nxt]:
+                nxt += 1
         a = nxt
 
 
