@@ -284,3 +284,40 @@ def test_resume_with_other_passages_is_refused(built, tmp_path):
     (idx / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexError_, match="passages"):
         build_index(sample_collection(), idx, BuildConfig(**{**cfg.__dict__, "passages": (W, W)}))
+
+
+def test_server_takes_aggregate_and_shows_the_passage(built):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mice_index.serve import BatchConfig, create_app
+
+    searcher = _searcher(built, candidates="bm25", depth=6)
+    with TestClient(create_app(searcher, BatchConfig(window_ms=0), k=3)) as c:
+        for how in ("firstp", "sump"):
+            body = c.post("/search", json={"q": QUERY, "aggregate": how}).json()
+            want = searcher.with_config(aggregate=how).search(QUERY, k=3)
+            assert body["settings"]["aggregate"] == how
+            got = body["results"][0]["hits"]
+            assert [(h["doc_id"], h["passage"]["number"]) for h in got] == [(w.doc_id, w.passage[0]) for w in want]
+            assert [h["score"] for h in got] == pytest.approx([w.score for w in want], abs=1e-5)
+        bad = c.get("/search", params={"q": "bees", "aggregate": "avg"})
+        assert bad.status_code == 400 and "unknown aggregate 'avg'" in bad.json()["error"]
+        assert c.get("/health").json()["documents"] == 40  # documents, not passage rows
+
+
+@pytest.mark.parametrize("how", ["maxp", "firstp"])
+def test_pyterrier_reranker_aggregates_passages(built, how):
+    pytest.importorskip("pyterrier")
+    import pandas as pd
+
+    from mice_index.pyterrier import MiceReranker, MiceRetriever
+
+    searcher = _searcher(built, candidates="bm25", depth=6, aggregate=how)
+    want = searcher.search(QUERY, k=6)
+    frame = MiceRetriever(searcher, k=6).search(QUERY)
+    assert frame["docno"].tolist() == [h.doc_id for h in want]
+    inp = pd.DataFrame({"qid": "q", "query": QUERY, "docno": [h.doc_id for h in reversed(want)]})
+    out = MiceReranker(searcher, aggregate=how).transform(inp)
+    assert out["docno"].tolist() == [h.doc_id for h in want]
+    assert out["score"].to_numpy() == pytest.approx([h.score for h in want], abs=1e-4)
