@@ -79,9 +79,11 @@ class BuildConfig:
     def __post_init__(self) -> None:
         resolve_codec_name(self.codec)  # unknown codec -> CodecError before anything is loaded
         if self.passages is not None:  # S > W, W or S < 1: one line before any work (the model's limit: _Builder)
-            if not (isinstance(self.passages, tuple) and len(self.passages) == 2):
+            if isinstance(self.passages, (str, bytes)) or not hasattr(self.passages, "__len__") \
+                    or len(self.passages) != 2:
                 raise MiceIndexError(f"passages must be a (window, stride) pair, got {self.passages!r}")
             check_passages(*self.passages)
+            object.__setattr__(self, "passages", (int(self.passages[0]), int(self.passages[1])))  # e.g. a list
         if self.shard_docs < 1 or self.fit_tokens < 1:
             raise MiceIndexError("shard_docs and fit_tokens must be >= 1")
         if self.dense not in ("auto", "none"):

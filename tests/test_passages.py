@@ -270,6 +270,9 @@ def test_bad_aggregate(built, monkeypatch, capsys):
         SearchConfig(aggregate="avg")
     with pytest.raises(MiceIndexError, match="stride"):
         BuildConfig(passages=(4, 5))
+    with pytest.raises(MiceIndexError, match="pair"):
+        BuildConfig(passages="16,8")  # type: ignore[arg-type]
+    assert BuildConfig(passages=[16, 8]).passages == (16, 8)  # type: ignore[arg-type]
 
 
 def test_resume_with_other_passages_is_refused(built, tmp_path):

@@ -27,6 +27,7 @@ of at most W tokens (and an empty text) is one passage, the whole text.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -64,7 +65,7 @@ def check_passages(window: int, stride: int, max_tokens: int | None = None, opti
     text) and, when `max_tokens` (the model's document length minus its two special tokens) is
     given, window <= max_tokens."""
     for name, v in (("window", window), ("stride", stride)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise MiceIndexError(f"{option}: the {name} must be an integer >= 1, got {v!r}")
     if stride > window:
         raise MiceIndexError(f"{option}: the stride ({stride}) is larger than the window ({window}); the text "
