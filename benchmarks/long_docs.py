@@ -1,7 +1,7 @@
 """Long documents: truncation vs passages (maxp / firstp / sump) on long documents made from scifact.
 
     nice -n 10 .venv/bin/python benchmarks/long_docs.py [--data ../shared/datasets/scifact] \
-        [--queries 100] [--fillers 3] [--distractors 40] [--passages 254,127] [--depth 30] \
+        [--queries 100] [--fillers 3] [--distractors 40] [--passages 254,127] [--depth 30] [--alphas model,0] \
         [--work /tmp/mice-long-docs] [--out benchmarks/results/long_docs.json]
 
 The shared collections hold short documents, so a long-document collection is made at run time
@@ -15,10 +15,11 @@ document gets that judgement.
 
 Two indexes are built with the shipped default model (fp16 codec, BM25 + dense, the defaults):
 (a) one row per document, truncated at the model's 256 tokens, and (b) `--passages W,S`. Each is
-searched with the default pipeline (hybrid top `--depth` → MICE at the model's recommended
-alpha; for (b) `--depth` counts documents) and with the first stage alone (`--rerank none`;
-for (b) a document's first-stage score is its best passage's); nDCG@10 through the project's
-eval (ir_measures). Reported: nDCG@10, search seconds per query, build seconds, index size.
+searched with the default pipeline (hybrid top `--depth` → MICE; for (b) `--depth` counts
+documents) at each of `--alphas` ("model": the model's recommended alpha, the default; 0: pure
+MICE, which shows the aggregation alone) and with the first stage alone (`--rerank none`; for (b)
+a document's first-stage score is its best passage's); nDCG@10 through the project's eval
+(ir_measures). Reported: nDCG@10, search seconds per query, build seconds, index size.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main() -> None:
     p.add_argument("--distractors", type=int, default=40)
     p.add_argument("--passages", default="254,127")
     p.add_argument("--depth", type=int, default=30)
+    p.add_argument("--alphas", default="model,0", help="comma-separated: 'model' (recommended) or a number")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/mice-long-docs"))
     p.add_argument("--out", type=Path, default=None)
@@ -134,9 +136,13 @@ def main() -> None:
         print(json.dumps(entry), flush=True)
         aggs = ["maxp", "firstp", "sump"] if cfg.passages else ["maxp"]  # no effect without passages
         entry["first_stage"] = search(idx, queries, coll, candidates="hybrid", depth=args.depth, rerank="none")
-        for agg in aggs:
-            entry[agg if cfg.passages else "mice"] = search(idx, queries, coll, candidates="hybrid", depth=args.depth,
-                                                            aggregate=agg)
+        for a in args.alphas.split(","):
+            alpha = None if a == "model" else float(a)
+            for agg in aggs:
+                key = f"{agg if cfg.passages else 'mice'} alpha={a}"
+                entry[key] = search(idx, queries, coll, candidates="hybrid", depth=args.depth, aggregate=agg,
+                                    alpha=alpha)
+                print(key, entry[key], flush=True)
         print(json.dumps(entry), flush=True)
         rows.append(entry)
     result["indexes"] = rows
