@@ -114,7 +114,7 @@ class CodecInfo:
 class DenseInfo:
     """Where the stored dense vectors come from (`source` "tower" | "second-pass")."""
 
-    source: str
+    source: str | None = None
     backbone: str | None = None
     dim: int | None = None
 
