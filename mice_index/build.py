@@ -159,7 +159,9 @@ class _Builder:
             if m.format_version != L.FORMAT_VERSION:
                 raise IndexError_(f"{root}: unfinished index was started by an older mice-index (index format "
                                   f"{m.format_version}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
-                                  "to rebuild it")
+                                  "to rebuild it" + (f" (or run `mice-index upgrade --index {root}`, then this "
+                                                     "build again)" if m.format_version >= L.CHUNK_CRC_VERSION
+                                                     else ""))
             diff = {f.name: (getattr(m.settings, f.name), getattr(self.settings, f.name)) for f in fields(Settings)
                     if getattr(m.settings, f.name) != getattr(self.settings, f.name)}
             if diff:

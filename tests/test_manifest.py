@@ -178,3 +178,22 @@ def test_upgrade_bad_input_is_one_line_and_writes_nothing(old, tmp_path, monkeyp
     assert json.loads((old / L.MANIFEST).read_text()) == m
     with pytest.raises(IndexError_, match="format 1"):
         upgrade_index(old)
+
+
+def test_unfinished_format2_build_resumes_after_upgrade(built, old, tmp_path):
+    """An unfinished format-2 build is refused (naming upgrade); once upgraded, the same build
+    finishes it through the format-3 code path."""
+    idx, _ = built
+    m = json.loads((old / L.MANIFEST).read_text())
+    m["complete"], m["candidates"] = False, {}  # as the old build wrote it before the candidate indexes
+    _write(old / L.MANIFEST, m)
+    for name in ("bm25", "dense"):
+        shutil.rmtree(old / name)
+    model_dir = idx.parent / "mice"
+    cfg = BuildConfig(model=str(model_dir), codec="fp32", dtype="fp32", shard_docs=16)
+    with pytest.raises(IndexError_, match="format 2.*mice-index upgrade --index"):
+        build_index(sample_collection(), old, cfg)
+    assert upgrade_index(old).changed
+    r = build_index(sample_collection(), old, cfg)
+    assert r.encoded_docs == 0 and r.info["complete"] and r.info["format_version"] == 3
+    assert read_manifest(old) == read_manifest(idx)
