@@ -154,6 +154,10 @@ def test_passage_rows_and_manifest(built, tok):
     assert order == list(docs) and all(r["passage"] == (t[i - 1]["passage"] + 1 if r["doc_id"] == t[i - 1]["doc_id"]
                                                         else 0) for i, r in enumerate(t) if i)
     assert json.loads((root / "plain" / "manifest.json").read_text())["settings"].get("passages") is None
+    from mice_index.store.manifest import index_info
+
+    assert index_info(root / "idx")["passages"] == {"window": W, "stride": S}
+    assert index_info(root / "plain")["passages"] is None
 
 
 def _by_hand(model, how, query, doc):

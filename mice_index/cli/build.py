@@ -180,10 +180,10 @@ def info_command(
     rows = [
         ("complete", "yes" if info["complete"] else "[yellow]no[/] (being built: another process holds the lock)"
          if info["building"] else "[red]no[/] (re-run the build to finish it)"),
-        ("documents", f"{info['num_docs']:,} in {info['num_shards']} shards"),
-        *([("passages", f"rows are passages: windows of {info['passages']['window']} tokens, stride "
-                        f"{info['passages']['stride']} (the counts above and below are of passages)")]
-          if info.get("passages") else []),
+        ("documents", f"{info['num_docs']:,} in {info['num_shards']} shards") if not info.get("passages") else
+        ("passages", f"{info['num_docs']:,} in {info['num_shards']} shards (documents as windows of "
+                     f"{info['passages']['window']} tokens, stride {info['passages']['stride']}; the counts "
+                     "below are of passages)"),
         ("tokens", f"{info['num_tokens']:,} ({info['truncated_docs']:,} docs truncated at "
                    f"{info['max_doc_length']}, {info['empty_docs']:,} empty)"),
         ("token pruning", info["prune"] if info["prune"] == "none" else f"{info['prune']} (stopword and punctuation "
