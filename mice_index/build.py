@@ -29,7 +29,7 @@ from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
 from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
-from mice_index.sources.passages import check_passages, split_documents
+from mice_index.sources.passages import check_passages, store_rows
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
 from mice_index.store.candidates_build import build_candidates
@@ -165,9 +165,7 @@ class _Builder:
         document's passages (`split_documents`); every writer of rows reads it from here."""
         c = self.cfg
         docs = read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field)
-        if c.passages is None:
-            return docs
-        return split_documents(docs, self.model.tokenizer, *c.passages)
+        return store_rows(docs, self.model.tokenizer, c.passages)
 
     # -- index folder state --
     def prepare(self) -> Manifest | None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from mice_index.errors import MiceIndexError
 from mice_index.sources.records import Document
 
-__all__ = ["PASSAGE_CHUNK", "Passage", "check_passages", "parse_passages", "split_documents", "windows"]
+__all__ = ["PASSAGE_CHUNK", "Passage", "check_passages", "parse_passages", "split_documents", "store_rows", "windows"]
 
 PASSAGE_CHUNK = 64  # documents tokenized per tokenizer call while splitting
 
@@ -131,3 +131,12 @@ def split_documents(docs: Iterable[Document], tokenizer, window: int, stride: in
                 yield Passage(d.doc_id, d.text[s:e], d.title, p, s, e)
         if len(chunk) < PASSAGE_CHUNK:
             return
+
+
+def store_rows(docs: Iterable[Document], tokenizer, passages: tuple[int, int] | None) -> Iterable[Document]:
+    """What an index stores for `docs`: the documents themselves (`passages` None) or their
+    passages (`split_documents` with (window, stride)). Every writer of store rows (build, and a
+    later add to an index) goes through here, so the rows follow the index's recorded setting."""
+    if passages is None:
+        return docs
+    return split_documents(docs, tokenizer, *passages)
