@@ -14,13 +14,13 @@ tokens come on top, so a long title can make a passage longer than the model's d
 which the encoder then cuts like any document (counted in the index's `truncated_docs`).
 
 Windows are cut at token boundaries with the tokenizer's character offsets, so a passage's text is
-a substring of the document's (`text[char_start:char_end]`), and at *word* starts (a token that
-is not a continuation piece such as "##ing"): a window starting at token i covers at most W
-tokens, ending before the last word start that keeps it within W tokens; the next window starts
-at the last word start in (i, i + S], or where there is none (a word longer than S) at the first
-word start after i + S (never after the window's end, so no text is skipped). Tokenizing a passage's text again therefore
-gives exactly its window's tokens (tested), which is what makes the stored states equal the model's
-text path. A single word longer than W tokens is the one case cut inside a word. Windows stop at
+a substring of the document's (`text[char_start:char_end]`), and at *word* starts (the first token
+of a pre-tokenizer word, BERT's split at whitespace and punctuation; not a continuation piece such
+as "##ing"): a window starting at token i covers at most W tokens, ending before the last word
+start that keeps it within W tokens; the next window starts at the last word start in (i, i + S],
+or where there is none (a word longer than S) at the first word start after i + S (never after the
+window's end, so no text is skipped). Tokenizing a passage's text again therefore gives exactly
+its window's tokens (tested), which is what makes the stored states equal the model's text path. A single word longer than W tokens is the one case cut inside a word. Windows stop at
 the first one that reaches the end of the text, so the last passage may be shorter than W; a text
 of at most W tokens (and an empty text) is one passage, the whole text.
 """
