@@ -31,6 +31,7 @@ from mice_index.store.generation import new_generation
 from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
+from mice_index.sources.fields import Field, check_fields, parse_field
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
 from mice_index.store.manifest import complete_index_error
@@ -70,8 +71,15 @@ class BuildConfig:
     id_field: str = "_id"
     text_field: str = "text"
     title_field: str = "title"
+    # document fields (metadata) for search filters: "NAME:TYPE" specs, TYPE int|float|str|bool,
+    # NAME a JSONL key or a dotted path into nested objects (sources/fields.py); stored as columns
+    # of the document table and recorded in the manifest (settings["fields"])
+    fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.fields, str):
+            raise MiceIndexError("BuildConfig.fields is a tuple of 'NAME:TYPE' strings, got one string")
+        self.field_specs()  # a bad --field spec -> one-line error before any work
         resolve_codec_name(self.codec)  # unknown codec -> CodecError before anything is loaded
         if self.shard_docs < 1 or self.fit_tokens < 1:
             raise MiceIndexError("shard_docs and fit_tokens must be >= 1")
@@ -83,6 +91,12 @@ class BuildConfig:
 
     def dense_config(self) -> DenseConfig:
         return DenseConfig(kind=self.dense_kind, nprobe=self.dense_nprobe)
+
+    def field_specs(self) -> tuple[Field, ...]:
+        """The declared fields, parsed (MiceIndexError for a bad spec or a name given twice)."""
+        specs = tuple(parse_field(f) for f in self.fields)
+        check_fields(specs)
+        return specs
 
 
 @dataclass(frozen=True)
@@ -104,8 +118,10 @@ def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> dict[str, Any]
             "seed", "id_field", "text_field", "title_field")
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     prune = {"prune": cfg.prune} if cfg.prune != "none" else {}  # absent = "none" (indexes before pruning)
+    # absent = no fields (indexes before filters)
+    fields = {"fields": [f.to_dict() for f in cfg.field_specs()]} if cfg.fields else {}
     return {"codec": codec_name, "max_doc_length": max_len, "dtype": dtype, **{k: getattr(cfg, k) for k in keys},
-            **prune}
+            **prune, **fields}
 
 
 def _load_dense(model: MiceModel, cfg: BuildConfig):
@@ -143,7 +159,8 @@ class _Builder:
 
     def docs(self) -> Iterator[Document]:
         c = self.cfg
-        return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field)
+        return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field,
+                              fields=c.field_specs())
 
     # -- index folder state --
     def prepare(self) -> dict[str, Any] | None:
@@ -162,8 +179,8 @@ class _Builder:
                 raise IndexError_(f"{root}: unfinished index was started by an older mice-index (index format "
                                   f"{m['format_version']}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
                                   "to rebuild it")
-            keys = [*self.settings, *(["prune"] if "prune" not in self.settings else [])]  # absent = none
-            absent = {"prune": "none"}  # a setting recorded only when not its default
+            keys = [*self.settings, *(k for k in ("prune", "fields") if k not in self.settings)]  # absent = none
+            absent = {"prune": "none", "fields": []}  # a setting recorded only when not its default
             diff = {k: (m["settings"].get(k, absent.get(k)), self.settings.get(k, absent.get(k))) for k in keys
                     if m["settings"].get(k, absent.get(k)) != self.settings.get(k, absent.get(k))}
             if diff:
@@ -332,7 +349,8 @@ class _Builder:
         try:
             for win in encoder.windows(docs, start, S):
                 if writer is None:
-                    writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec)
+                    writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec,
+                                         fields=self.cfg.field_specs())
                 writer.add(win)
                 encoded += len(win.docs)
                 if self.progress:
@@ -459,7 +477,8 @@ def build_index(
 def _peek(corpus, cfg: BuildConfig) -> None:
     """Read the first document (not for irds:, whose first read may download the collection)."""
     if not (isinstance(corpus, str) and corpus.startswith("irds:")):
-        docs = read_documents(corpus, id_field=cfg.id_field, text_field=cfg.text_field, title_field=cfg.title_field)
+        docs = read_documents(corpus, id_field=cfg.id_field, text_field=cfg.text_field, title_field=cfg.title_field,
+                              fields=cfg.field_specs())
         next(docs, None)
         docs.close()
 
