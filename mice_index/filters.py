@@ -31,6 +31,7 @@ mismatch, a filter on an index without fields).
 from __future__ import annotations
 
 import ast
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ from mice_index.errors import SearchError
 from mice_index.sources.fields import Field
 from mice_index.text import check_text
 
-__all__ = ["Filter", "FilterError", "MAX_FILTER_CHARS", "compile_filter", "describe_fields"]
+__all__ = ["Filter", "FilterError", "FilterMasks", "MAX_FILTER_CHARS", "compile_filter", "describe_fields"]
 
 MAX_FILTER_CHARS = 4096
 _NULL, _TRUE, _FALSE = {"null", "None"}, {"true", "True"}, {"false", "False"}
@@ -237,3 +238,34 @@ class _Compiler:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
             raise self._refuse(node, "integer out of the 64-bit range")
         return value
+
+
+class FilterMasks:
+    """Masks of filters over one index's store rows, compiled and evaluated once per filter text
+    and kept in a small LRU (`size` masks, N bytes each). `reader`: an IndexReader (its `fields`
+    and `field_table()`, read on the first filter)."""
+
+    def __init__(self, reader, size: int = 32):
+        self.reader, self.size = reader, size
+        self._table = None
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def compile(self, text: str) -> Filter:
+        """FilterError (one line) for a filter this index cannot apply."""
+        return compile_filter(text, tuple(self.reader.fields))
+
+    def mask(self, text: str) -> np.ndarray:
+        """bool [num_docs]: the rows `text` keeps (read-only; shared between calls)."""
+        hit = self._masks.get(text)
+        if hit is not None:
+            self._masks.move_to_end(text)
+            return hit
+        flt = self.compile(text)
+        if self._table is None:
+            self._table = self.reader.field_table()
+        mask = flt.mask(self._table)
+        mask.setflags(write=False)
+        self._masks[text] = mask
+        if len(self._masks) > self.size:
+            self._masks.popitem(last=False)
+        return mask

@@ -97,6 +97,7 @@ def index_info(path: str | Path) -> dict[str, Any]:
         "bytes_per_token": round(state_bytes / num_tokens, 3) if num_tokens else None,
         "state_bytes": state_bytes, "layer": m["model"]["fusion_layer"], "hidden_size": m["model"]["hidden_size"],
         "max_doc_length": m["settings"]["max_doc_length"], "prune": m["settings"].get("prune", "none"),
+        "fields": list(m["settings"].get("fields") or []),  # [{"name", "type"}]: what filters may name
         "model": m["model"]["name"], "model_family": m["model"].get("family", "bert"),
         "model_options": m["model"].get("options", {}),
         "model_fingerprint": m["model"]["fingerprint"], "dense": m.get("dense"),
