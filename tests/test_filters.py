@@ -56,12 +56,37 @@ def built(tmp_path_factory, minilm_dir):
     return root / "idx", MiceModel.load(model_dir), corpus
 
 
-def _searcher(built, **kw) -> Searcher:
+class _SameEmbeddings:
+    """The searcher's dense query encoder, each query text encoded once per module (the encoder is
+    deterministic; the backbone pass is most of these tests' time)."""
+
+    def __init__(self, inner):
+        self.inner, self.model, self.cache = inner, inner.model, {}
+
+    def __call__(self, texts):
+        for t in texts:
+            if t not in self.cache:
+                self.cache[t] = self.inner([t])[0]
+        return np.stack([self.cache[t] for t in texts])
+
+    def from_states(self, states, mask):
+        return self.inner.from_states(states, mask)
+
+
+@pytest.fixture(scope="module")
+def base(built) -> Searcher:
+    """One opened searcher (model, dense query encoder); tests take variants with `_searcher`."""
     idx, model, _ = built
-    return Searcher.open(idx, model=model, config=SearchConfig(scorer=FP32, **kw))
+    searcher = Searcher.open(idx, model=model, config=SearchConfig(scorer=FP32))
+    searcher._embed = _SameEmbeddings(searcher._embed)
+    return searcher
 
 
-QUERIES = [q.text for q in read_queries(sample_collection())][:4]
+def _searcher(base, **kw) -> Searcher:
+    return base.with_config(**kw)
+
+
+QUERIES = [q.text for q in read_queries(sample_collection())][:3]
 N = 40
 # filter -> the rows it keeps (from _fields_of): several selectivities, fewer than k, none
 CASES = {
@@ -82,9 +107,9 @@ def _mask(rows) -> np.ndarray:
 
 # -- fields: reading, storing, manifest --
 
-def test_fields_are_stored_per_row_and_listed(built):
+def test_fields_are_stored_per_row_and_listed(built, base):
     idx, _, _ = built
-    searcher = _searcher(built, rerank="none")
+    searcher = _searcher(base, rerank="none")
     assert [(f.name, f.type) for f in searcher.fields] == [tuple(s.split(":")) for s in FIELDS]
     table = searcher.reader.field_table()
     want = [_fields_of(r) for r in range(N)]
@@ -177,12 +202,12 @@ def test_filter_on_an_index_without_fields():
 
 
 @pytest.mark.parametrize("text", list(CASES))
-def test_filter_masks_equal_python(built, text):
-    assert _searcher(built, rerank="none").allowed(text).tolist() == _mask(CASES[text]).tolist()
+def test_filter_masks_equal_python(base, text):
+    assert _searcher(base, rerank="none").allowed(text).tolist() == _mask(CASES[text]).tolist()
 
 
-def test_null_semantics_and_chains(built):
-    s = _searcher(built, rerank="none")
+def test_null_semantics_and_chains(base):
+    s = _searcher(base, rerank="none")
     nulls = _mask(CASES["metadata.lang is null"])
     for text in ("metadata.lang == 'en'", "metadata.lang != 'en'", "not metadata.lang == 'en'",
                  "metadata.lang in ('en', 'de')", "metadata.lang not in ('en')"):
@@ -209,10 +234,10 @@ def _dense_brute(searcher, text, allowed, k):
 
 
 @pytest.mark.parametrize("text", list(CASES))
-def test_bm25_and_dense_candidates_equal_brute_force(built, text):
+def test_bm25_and_dense_candidates_equal_brute_force(base, text):
     allowed = _mask(CASES[text])
     for kind, brute in (("bm25", _bm25_brute), ("dense", _dense_brute)):
-        searcher = _searcher(built, candidates=kind, rerank="none")
+        searcher = _searcher(base, candidates=kind, rerank="none")
         for q in QUERIES:
             got = searcher.candidates([q], 5, allowed=allowed)
             rows, scores = brute(searcher, q, allowed, 5)
@@ -223,10 +248,10 @@ def test_bm25_and_dense_candidates_equal_brute_force(built, text):
                 assert ok.sum() == min(5, allowed.sum())
 
 
-@pytest.mark.parametrize("text", list(CASES))
-def test_hybrid_candidates_equal_fusion_of_brute_force_lists(built, text):
+@pytest.mark.parametrize("text", list(CASES)[::2])
+def test_hybrid_candidates_equal_fusion_of_brute_force_lists(base, text):
     allowed = _mask(CASES[text])
-    searcher = _searcher(built, candidates="hybrid", rerank="none", hybrid=HybridConfig(depth=6))
+    searcher = _searcher(base, candidates="hybrid", rerank="none", hybrid=HybridConfig(depth=6))
     generators = {kind: searcher.with_config(candidates=kind) for kind in ("bm25", "dense")}
     from mice_index.candidates import Candidates
 
@@ -245,11 +270,11 @@ def test_hybrid_candidates_equal_fusion_of_brute_force_lists(built, text):
 
 @pytest.mark.parametrize("text", ["not draft", "metadata.lang is null", "year == 2001 and source == 'b'",
                                   "year > 2100"])
-def test_mice_over_every_allowed_document_equals_brute_force(built, text):
+def test_mice_over_every_allowed_document_equals_brute_force(built, base, text):
     """depth = the corpus: the candidates are every allowed document; MICE scores (alpha 0) equal
     MICE from text over the allowed documents, top k of them."""
     idx, model, _ = built
-    searcher = _searcher(built, depth=N, alpha=0.0)
+    searcher = _searcher(base, depth=N, alpha=0.0)
     allowed = CASES[text]
     for q in QUERIES[:2]:
         hits = searcher.search(q, k=5, filter=text)
@@ -265,8 +290,8 @@ def test_mice_over_every_allowed_document_equals_brute_force(built, text):
 
 
 @pytest.mark.parametrize("kind", ["bm25", "dense", "hybrid"])
-def test_depth_applies_to_the_allowed_set_and_mice_scores_only_those(built, kind):
-    searcher = _searcher(built, candidates=kind, depth=5)
+def test_depth_applies_to_the_allowed_set_and_mice_scores_only_those(base, kind):
+    searcher = _searcher(base, candidates=kind, depth=5)
     text = "not draft"
     for q in QUERIES:
         hits = searcher.search(q, k=5, filter=text)
@@ -276,8 +301,8 @@ def test_depth_applies_to_the_allowed_set_and_mice_scores_only_those(built, kind
 
 
 @pytest.mark.parametrize("text", list(CASES))
-def test_api_search_many_and_search_texts_give_min_k_matches(built, text):
-    searcher = _searcher(built, depth=10)
+def test_api_search_many_and_search_texts_give_min_k_matches(base, text):
+    searcher = _searcher(base, depth=10)
     n = len(CASES[text])
     run = searcher.search_many([Query(str(i), q) for i, q in enumerate(QUERIES)], k=8, filter=text)
     assert [len(v) for v in run.values()] == [min(8, n)] * len(QUERIES)
@@ -287,8 +312,8 @@ def test_api_search_many_and_search_texts_give_min_k_matches(built, text):
     assert [[h.doc_id for h in hs] for hs in texts] == [[d.doc_id for d in v] for v in run.values()]
 
 
-def test_api_bad_filter_raises_filter_error(built):
-    searcher = _searcher(built, rerank="none")
+def test_api_bad_filter_raises_filter_error(base):
+    searcher = _searcher(base, rerank="none")
     with pytest.raises(FilterError, match="unknown field 'yr'"):
         searcher.search("bees", filter="yr > 1")
     with pytest.raises(FilterError, match="is str"):
@@ -296,12 +321,12 @@ def test_api_bad_filter_raises_filter_error(built):
 
 
 def test_unfiltered_index_refuses_a_filter(built, tmp_path):
-    idx, model, corpus = built
-    from mice_index.sources import sample_collection as sample
-
+    idx, model, _ = built
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t, "year": 2000 + i}) + "\n"
+                              for i, t in enumerate(["bees make honey", "coral reefs", "bees and wasps"])))
     plain = tmp_path / "plain"
-    build_index(sample(), plain, BuildConfig(model=str(idx.parent / "mice"), codec="fp32", dtype="fp32",
-                                             dense="none"))
+    build_index(corpus, plain, BuildConfig(model=str(idx.parent / "mice"), codec="fp32", dtype="fp32", dense="none"))
     searcher = Searcher.open(plain, model=model, config=SearchConfig(candidates="bm25", rerank="none"))
     assert searcher.search("bees", k=3)
     with pytest.raises(FilterError, match="no fields"):
@@ -310,7 +335,7 @@ def test_unfiltered_index_refuses_a_filter(built, tmp_path):
 
 # -- CLI --
 
-@pytest.mark.parametrize("text", ["year == 2001 and source == 'b'", "not draft", "year > 2100"])
+@pytest.mark.parametrize("text", ["year == 2001 and source == 'b'", "year > 2100"])
 def test_cli_search_filter(built, monkeypatch, capsys, text, tmp_path):
     idx, _, _ = built
     code, out = _cli(monkeypatch, capsys, "search", "--index", idx, "--query", QUERIES[0], "--filter", text,
@@ -336,3 +361,72 @@ def test_cli_bad_filter_is_one_line_exit_2(built, monkeypatch, capsys, text, mat
         assert code == 2 and match in out.err and len(out.err.strip().splitlines()) == 1
         assert "Traceback" not in out.err
     assert not (tmp_path / "r").exists()
+
+
+# -- approximate dense kinds: never fewer than min(k, allowed) --
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
+def test_approximate_dense_kinds_return_min_k_allowed(kind, tmp_path, monkeypatch):
+    import mice_index.candidates.dense as dense_mod
+    from mice_index.candidates import DenseConfig, DenseIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:4] + 0.1 * rng.standard_normal((4, 16)).astype(np.float32)
+    DenseIndex.build(x, DenseConfig(kind=kind, nprobe=1)).save(tmp_path)  # nprobe 1: selective filters come back short
+    index = DenseIndex.load(tmp_path)  # memory-mapped, as a searcher opens it
+    for frac in (0.003, 0.05, 0.6):
+        allowed = rng.random(2000) < frac
+        rows = np.flatnonzero(allowed)
+        exact = rows[np.argsort(-(q @ x[rows].T), axis=1, kind="stable")[:, :10]]
+        for limit in (dense_mod.EXACT_FILTER_ROWS, 0):  # few allowed rows: exact scan; else selector + fallback
+            monkeypatch.setattr(dense_mod, "EXACT_FILTER_ROWS", limit)
+            got = index.search(q, 10, allowed=allowed)
+            assert ((got.rows >= 0).sum(axis=1) == min(10, rows.size)).all(), (kind, frac, limit)
+            assert set(got.rows[got.rows >= 0].tolist()) <= set(rows.tolist())
+            if limit:
+                assert got.rows[:, : exact.shape[1]].tolist() == exact.tolist()
+
+
+# -- PyTerrier and the server --
+
+def test_pyterrier_retriever_filter(base):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyterrier")
+    from mice_index.pyterrier import MiceRetriever
+
+    frame = pd.DataFrame({"qid": ["1", "2"], "query": QUERIES[:2]})
+    for text in ("year == 2001 and source == 'b'", "not draft", "year > 2100"):
+        res = MiceRetriever(base, k=5, filter=text, depth=10).transform(frame)
+        want = base.with_config(depth=10).search_many([Query("1", QUERIES[0]), Query("2", QUERIES[1])], k=5,
+                                                      filter=text)
+        assert res.groupby("qid").size().reindex(["1", "2"], fill_value=0).tolist() == [min(5, len(CASES[text]))] * 2
+        assert res[res.qid == "1"]["docno"].tolist() == [d.doc_id for d in want["1"]]
+    with pytest.raises(FilterError, match="unknown field"):
+        MiceRetriever(base, k=5, filter="yr > 1")
+
+
+def test_server_filter(base):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mice_index.serve import BatchConfig, create_app
+
+    with TestClient(create_app(base, BatchConfig(window_ms=5), k=5)) as client:
+        for text in ("year == 2001 and source == 'b'", "not draft", "year > 2100"):
+            r = client.post("/search", json={"q": QUERIES[:2], "k": 6, "filter": text, "depth": 10})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert [len(x["hits"]) for x in body["results"]] == [min(6, len(CASES[text]))] * 2
+            assert body["settings"]["filter"] == text
+            want = base.with_config(depth=10).search(QUERIES[0], k=6, filter=text)
+            assert [h["doc_id"] for h in body["results"][0]["hits"]] == [h.doc_id for h in want]
+            g = client.get("/search", params={"q": QUERIES[0], "k": 6, "filter": text, "depth": 10})
+            assert [h["doc_id"] for h in g.json()["results"][0]["hits"]] == [h.doc_id for h in want]
+        for text, match in (("year >=", "syntax error"), ("yr > 1", "unknown field 'yr'"),
+                            ("source > 3", "is str"), ("\\udc80", "not valid Unicode")):
+            r = client.post("/search", content='{"q": "bees", "filter": "%s"}' % text,
+                            headers={"content-type": "application/json"})
+            assert r.status_code == 400 and match in r.json()["error"], r.text
+            assert r.json()["error"].startswith("filter")  # the API's parameter name, not --filter
