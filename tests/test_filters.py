@@ -331,6 +331,15 @@ def test_unfiltered_index_refuses_a_filter(built, tmp_path):
     assert searcher.search("bees", k=3)
     with pytest.raises(FilterError, match="no fields"):
         searcher.search("bees", filter="year > 1")
+    return plain
+
+
+def test_cli_filter_on_an_index_without_fields(built, tmp_path, monkeypatch, capsys):
+    plain = test_unfiltered_index_refuses_a_filter(built, tmp_path)
+    code, out = _cli(monkeypatch, capsys, "search", "--index", plain, "--query", "bees", "--filter", "year > 1")
+    assert code == 2 and "this index has no fields" in out.err and len(out.err.strip().splitlines()) == 1
+    code, out = _cli(monkeypatch, capsys, "info", "--index", plain, "--json")
+    assert json.loads(out.out)["fields"] == []
 
 
 # -- CLI --
