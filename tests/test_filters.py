@@ -320,22 +320,27 @@ def test_api_bad_filter_raises_filter_error(base):
         searcher.search_many([Query("1", "bees")], filter="source == 1")
 
 
-def test_unfiltered_index_refuses_a_filter(built, tmp_path):
-    idx, model, _ = built
+def _plain_index(built, tmp_path):
+    """A 3-document index built without fields (BM25 only)."""
+    idx, _, _ = built
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t, "year": 2000 + i}) + "\n"
                               for i, t in enumerate(["bees make honey", "coral reefs", "bees and wasps"])))
     plain = tmp_path / "plain"
     build_index(corpus, plain, BuildConfig(model=str(idx.parent / "mice"), codec="fp32", dtype="fp32", dense="none"))
+    return plain
+
+
+def test_unfiltered_index_refuses_a_filter(built, tmp_path):
+    plain, model = _plain_index(built, tmp_path), built[1]
     searcher = Searcher.open(plain, model=model, config=SearchConfig(candidates="bm25", rerank="none"))
     assert searcher.search("bees", k=3)
     with pytest.raises(FilterError, match="no fields"):
         searcher.search("bees", filter="year > 1")
-    return plain
 
 
 def test_cli_filter_on_an_index_without_fields(built, tmp_path, monkeypatch, capsys):
-    plain = test_unfiltered_index_refuses_a_filter(built, tmp_path)
+    plain = _plain_index(built, tmp_path)
     code, out = _cli(monkeypatch, capsys, "search", "--index", plain, "--query", "bees", "--filter", "year > 1")
     assert code == 2 and "this index has no fields" in out.err and len(out.err.strip().splitlines()) == 1
     code, out = _cli(monkeypatch, capsys, "info", "--index", plain, "--json")
