@@ -110,7 +110,7 @@ def search_command(
         from mice_index.filters import compile_filter
         from mice_index.sources.fields import Field
 
-        compile_filter(filter_, tuple(Field.from_dict(f) for f in manifest.get("settings", {}).get("fields") or ()))
+        compile_filter(filter_, tuple(Field(f.name, f.type) for f in manifest.settings.fields))
     if queries is not None:
         from mice_index.sources import read_queries
 

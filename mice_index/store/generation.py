@@ -20,10 +20,13 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mice_index.errors import IndexError_
 from mice_index.store import layout as L
+
+if TYPE_CHECKING:
+    from mice_index.store.manifest import Manifest
 
 __all__ = ["Generation", "IndexChanged", "new_generation"]
 
@@ -50,8 +53,8 @@ class Generation:
     """The generation of the index in `root` that a reader was opened on (its manifest's
     `generation` id; for an index written before ids existed, the manifest file's identity)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]):
-        self.root, self.id = Path(root), manifest.get("generation")
+    def __init__(self, root: Path, manifest: Manifest):
+        self.root, self.id = Path(root), manifest.generation
         self._stamp = _stamp(self.root / L.MANIFEST)
 
     def is_current(self) -> bool:

@@ -21,7 +21,7 @@ from mice_index.store import layout as L
 from mice_index.store.codecs import load_codec  # noqa: F401 (re-exported)
 from mice_index.store.generation import Generation, IndexChanged  # noqa: F401 (re-exported)
 from mice_index.store.lock import LOCK, is_locked  # noqa: F401
-from mice_index.store.manifest import index_info, read_manifest, verify_shards  # noqa: F401 (re-exported)
+from mice_index.store.manifest import Manifest, ShardEntry, index_info, read_manifest, verify_shards  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,10 @@ class _Column:
 
 
 class _Shard:
-    def __init__(self, root: Path, info: dict[str, Any], columns: list[str]):
-        self.root, self.name = root, info["name"]
-        self.dir = root / L.SHARDS_DIR / info["name"]
-        self.start, self.num_docs = info["start_row"], info["num_docs"]
+    def __init__(self, root: Path, info: ShardEntry, columns: list[str]):
+        self.root, self.name = root, info.name
+        self.dir = root / L.SHARDS_DIR / info.name
+        self.start, self.num_docs = info.start_row, info.num_docs
         self._names = columns
         self.opened = lambda: None  # called after each by-path open (IndexReader: its generation check)
 
@@ -243,12 +243,12 @@ class _Shard:
 class IndexReader:
     """Random access to a built index by document row (0..num_docs-1, corpus order)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]):
+    def __init__(self, root: Path, manifest: Manifest):
         self.root, self.manifest = Path(root), manifest
         self.codec: Codec = load_codec(self.root, manifest)
         cols = list(self.codec.columns())
         self.generation = Generation(self.root, manifest)  # the build this reader holds
-        self._shards = [_Shard(self.root, s, cols) for s in manifest["shards"]]
+        self._shards = [_Shard(self.root, s, cols) for s in manifest.shards]
         for s in self._shards:
             s.opened = self.generation.check
         self._starts = [s.start for s in self._shards]
@@ -259,15 +259,15 @@ class IndexReader:
     @classmethod
     def open(cls, path: str | Path, allow_incomplete: bool = False) -> IndexReader:
         manifest = read_manifest(Path(path))
-        if not manifest.get("complete") and not allow_incomplete:
+        if not manifest.complete and not allow_incomplete:
             if is_locked(path):
                 raise IndexBusyError(f"{path}: index is being built (another process holds the lock "
                                      f"{Path(path) / LOCK}); wait for that build to finish")
             raise IndexError_(f"{path}: index is incomplete (its build was interrupted or failed); "
                               "re-run the same `mice-index build` command to finish it")
-        if manifest["format_version"] < L.FORMAT_VERSION:
+        if manifest.format_version < L.CHUNK_CRC_VERSION:
             log.info("%s: index format %s has no per-chunk checksums (rebuild with --overwrite to add them)",
-                     path, manifest["format_version"])
+                     path, manifest.format_version)
         return cls(Path(path), manifest)
 
     # -- basic properties --
@@ -277,11 +277,11 @@ class IndexReader:
 
     @property
     def num_tokens(self) -> int:
-        return int(sum(s["num_tokens"] for s in self.manifest["shards"]))
+        return self.manifest.num_tokens
 
     @property
     def hidden_size(self) -> int:
-        return int(self.manifest["model"]["hidden_size"])
+        return int(self.manifest.model.hidden_size)
 
     @property
     def chunk_checksums(self) -> bool:
@@ -308,7 +308,7 @@ class IndexReader:
         `mice-index info --verify` checks every crc32c). Indexes built before these were recorded:
         not checked."""
         folder = self.root / name
-        files = {rel: want for rel, want in ((self.manifest.get("candidates") or {}).get("files", {})).items()
+        files = {rel: want for rel, want in self.manifest.candidates.files.items()
                  if rel.startswith(name + "/")}
         deep = sum(want["bytes"] for want in files.values()) <= CANDIDATE_CRC_BYTES
         for rel, want in files.items():
@@ -344,7 +344,7 @@ class IndexReader:
         """The document fields this index was built with (sources.fields.Field; empty: none)."""
         from mice_index.sources.fields import Field
 
-        return tuple(Field.from_dict(f) for f in self.manifest.get("settings", {}).get("fields") or ())
+        return tuple(Field(f.name, f.type) for f in self.manifest.settings.fields)
 
     def field_table(self):
         """pyarrow Table [num_docs rows] of the field columns, in row order (read from every
@@ -485,7 +485,7 @@ class IndexReader:
 
     def dense_vectors(self, rows=None) -> np.ndarray | None:
         """Stored dense vectors [n, Dd] (all rows by default); None without a dense model."""
-        if not self.manifest.get("dense"):
+        if self.manifest.dense is None:
             return None
         mats = []
         for s in self._shards:
