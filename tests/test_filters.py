@@ -444,3 +444,19 @@ def test_server_filter(base):
                             headers={"content-type": "application/json"})
             assert r.status_code == 400 and match in r.json()["error"], r.text
             assert r.json()["error"].startswith("filter")  # the API's parameter name, not --filter
+
+
+def test_static_slices_carry_the_fields(built, tmp_path):
+    """A build in two static slices + merge stores the same field columns as the local build."""
+    from mice_index.distributed import build_slice, merge_index
+    from mice_index.store import IndexReader
+
+    idx, model, corpus = built
+    cfg = BuildConfig(model=str(idx.parent / "mice"), codec="fp32", dtype="fp32", shard_docs=16, dense="none",
+                      fields=FIELDS)
+    for slice_id in (1, 0):
+        build_slice(corpus, tmp_path / "sliced", cfg, 2, slice_id, model=model)
+    merge_index(tmp_path / "sliced")
+    sliced = IndexReader.open(tmp_path / "sliced")
+    assert sliced.fields == IndexReader.open(idx).fields
+    assert sliced.field_table().equals(IndexReader.open(idx).field_table())

@@ -91,9 +91,7 @@ def build_command(
     from mice_index.sources.fields import check_fields, parse_field
 
     check_fields(tuple(parse_field(f) for f in fields))  # a bad --field: one line before the model loads
-    if fields and (engine != "local" or num_shards is not None or shard_id is not None):
-        raise MiceIndexError("--field is not supported by distributed builds yet (--engine ray, --num-shards); "
-                             "build with the local engine")
+
     for value, option in ((batch_tokens, "--batch-tokens"), (shard_docs, "--shard-docs")):
         if value < 1:
             raise MiceIndexError(f"{option} must be >= 1, got {value}")

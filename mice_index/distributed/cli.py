@@ -25,9 +25,6 @@ def build_distributed(corpus: str, index, config: BuildConfig, *, engine: str, r
     """BuildResult for a whole build (Ray); None for one static slice (its summary is printed here)."""
     from mice_index.sources import count_documents
 
-    if config.fields:  # ShardWriter of the engines gets no field columns yet: refuse rather than drop them
-        raise MiceIndexError("--field is not supported by distributed builds yet (--engine ray, --num-shards); "
-                             "build with the local engine")
     if (num_shards is None) != (shard_id is None):
         raise MiceIndexError("--num-shards and --shard-id go together (slice i of N, pyserini's convention)")
     if engine == "ray":
