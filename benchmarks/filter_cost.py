@@ -103,16 +103,21 @@ def dense_rows(searcher: Searcher, queries: list[str], k: int, depth: int) -> di
 
 
 def synthetic_dense_rows(num_docs: int, num_queries: int, depth: int, seed: int = 0) -> dict:
-    """Dense candidates alone over `num_docs` random unit vectors (D=384): filtered vs unfiltered
+    """Dense candidates alone over `num_docs` clustered random unit vectors (D=384): filtered vs unfiltered
     latency per kind, and the filtered lists' recall of the exact top-`depth` of the allowed rows
     (a filter keeping more than EXACT_FILTER_ROWS rows goes through the faiss ID selector)."""
     from mice_index.candidates.dense import EXACT_FILTER_ROWS
 
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((num_docs, 384)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = x[rng.choice(num_docs, num_queries, replace=False)] + 0.5 * rng.standard_normal((num_queries, 384)).astype(np.float32) / 384 ** 0.5
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    # clustered like text embeddings (pure noise in 384-d has no neighbourhoods an ANN index can use):
+    # 200 topic centres, a document = normalise(centre + 0.35 * its own direction)
+    centres = unit(rng.standard_normal((200, 384)))
+    x = unit(centres[rng.integers(0, 200, num_docs)] + 0.35 * unit(rng.standard_normal((num_docs, 384))))
+    q = unit(x[rng.choice(num_docs, num_queries, replace=False)] + 0.35 * unit(rng.standard_normal((num_queries, 384))))
     percents = (100, 50, 25, 10, 1)
     masks = {p: None if p == 100 else rng.random(num_docs) < p / 100 for p in percents}
     exact = {}

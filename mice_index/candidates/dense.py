@@ -38,7 +38,7 @@ import numpy as np
 from mice_index.candidates.base import (PAD_ROW, PAD_SCORE, Candidates, check_allowed, check_k, read_meta,
                                        write_meta)
 from mice_index.candidates.faiss_gpu import search_index, train_on_gpu
-from mice_index.candidates.vectors import StoredVectors
+from mice_index.candidates.vectors import BULK_ROWS, StoredVectors
 from mice_index.errors import IndexError_, SearchError, StorageError
 
 logger = logging.getLogger(__name__)
@@ -351,12 +351,13 @@ class DenseIndex:
     def _exact(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Candidates:
         """The exact top-k of `rows` (sorted store rows) per query: inner products with their
         vectors (the stored vectors for ivfpq, the index's own for the other kinds), in blocks of
-        ADD_CHUNK rows; ties broken by lower row, as flat."""
+        BULK_ROWS rows (StoredVectors.take reads those through its map: cost ~ the allowed rows,
+        not the corpus); ties broken by lower row, as flat."""
         out = Candidates.empty(queries.shape[0], k)
         best_s = np.full((queries.shape[0], 0), -np.inf, np.float32)
         best_r = np.zeros((queries.shape[0], 0), np.int64)
-        for a in range(0, rows.size, ADD_CHUNK):
-            block = rows[a : a + ADD_CHUNK]
+        for a in range(0, rows.size, BULK_ROWS):
+            block = rows[a : a + BULK_ROWS]
             s = queries @ self._vectors_of(block).T  # [Q, len(block)]
             best_s = np.concatenate([best_s, s.astype(np.float32)], axis=1)
             best_r = np.concatenate([best_r, np.broadcast_to(block, s.shape)], axis=1)
