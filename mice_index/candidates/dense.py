@@ -55,9 +55,11 @@ IVFPQ_NPROBE = 32
 IVFPQ_MIN_DOCS = 256  # below this, PQ training has too few points (and flat costs nothing)
 RECALL_QUERIES = 200
 # a filtered search of an approximate kind (hnsw / ivf / ivfpq) scores the allowed rows exactly when
-# there are at most this many (a flat scan of 20k rows: ~1.3 ms per query on one core), else it
-# searches the index with an ID selector and re-does exactly any query that came back short
-EXACT_FILTER_ROWS = 20_000
+# there are at most this many (one block of vectors), else it searches the index with an ID selector,
+# widened by the filter's selectivity (nprobe / efSearch ÷ allowed fraction, so about as many
+# allowed vectors are visited as unfiltered), and re-does exactly any query that came back short
+# (BENCHMARKS.md → Filters)
+EXACT_FILTER_ROWS = 4096
 # IO_FLAG_MMAP_IFC maps the codes of IndexFlatCodes (flat, and the HNSW storage);
 # IO_FLAG_MMAP maps IVF inverted lists. The two cannot be combined for IVF.
 _MMAP_FLAGS = {"flat": faiss.IO_FLAG_MMAP_IFC, "hnsw": faiss.IO_FLAG_MMAP_IFC, "ivf": faiss.IO_FLAG_MMAP,
@@ -299,8 +301,9 @@ class DenseIndex:
         """Top-k rows [Q, k] by inner product with `queries` [Q, D]. `allowed` (bool [N], store
         rows): the top-k of the allowed rows only, min(k, allowed rows) per query, never fewer:
         flat applies a faiss ID selector (exact); hnsw / ivf / ivfpq scan the allowed rows exactly
-        when there are few (EXACT_FILTER_ROWS), else search with the selector and score a query
-        exactly over the allowed rows whenever the approximate search returned fewer."""
+        when there are few (EXACT_FILTER_ROWS), else search with the selector (nprobe / efSearch
+        widened by 1 / the allowed fraction) and score a query exactly over the allowed rows
+        whenever the approximate search returned fewer."""
         queries = _as_matrix(queries, self.dim, "dense query embeddings")
         k = check_k(k, self.num_docs)
         allowed = check_allowed(allowed, self.num_docs)
@@ -329,10 +332,13 @@ class DenseIndex:
         bits = np.packbits(allowed, bitorder="little")  # kept alive while faiss reads it
         sel = faiss.IDSelectorBitmap(self.num_docs, faiss.swig_ptr(bits))
         c = self.config
+        widen = self.num_docs / rows.size  # 1 / the allowed fraction
         if c.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(c.hnsw_ef_search, k))
+            ef = min(self.num_docs, math.ceil(max(c.hnsw_ef_search, k) * widen))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
         elif c.kind in ("ivf", "ivfpq"):
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=c.nprobe)
+            nlist = faiss.extract_index_ivf(self.index).nlist
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=min(nlist, math.ceil(c.nprobe * widen)))
         else:
             params = faiss.SearchParameters(sel=sel)
         if c.kind == "ivfpq":
