@@ -31,6 +31,7 @@ mismatch, a filter on an index without fields).
 from __future__ import annotations
 
 import ast
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -247,6 +248,7 @@ class FilterMasks:
 
     def __init__(self, reader, size: int = 32):
         self.reader, self.size = reader, size
+        self._lock = threading.Lock()  # a server's worker and request threads may share one searcher
         self._table = None
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -256,16 +258,17 @@ class FilterMasks:
 
     def mask(self, text: str) -> np.ndarray:
         """bool [num_docs]: the rows `text` keeps (read-only; shared between calls)."""
-        hit = self._masks.get(text)
-        if hit is not None:
-            self._masks.move_to_end(text)
-            return hit
-        flt = self.compile(text)
-        if self._table is None:
-            self._table = self.reader.field_table()
-        mask = flt.mask(self._table)
-        mask.setflags(write=False)
-        self._masks[text] = mask
-        if len(self._masks) > self.size:
-            self._masks.popitem(last=False)
-        return mask
+        with self._lock:
+            hit = self._masks.get(text)
+            if hit is not None:
+                self._masks.move_to_end(text)
+                return hit
+            flt = self.compile(text)
+            if self._table is None:
+                self._table = self.reader.field_table()
+            mask = flt.mask(self._table)
+            mask.setflags(write=False)
+            self._masks[text] = mask
+            if len(self._masks) > self.size:
+                self._masks.popitem(last=False)
+            return mask

@@ -134,6 +134,11 @@ class Searcher:
         apply: bad syntax, an unknown field, a type mismatch, an index without fields."""
         return None if filter is None else self._filters.mask(filter)
 
+    def check_filter(self, filter: str) -> None:
+        """FilterError (one line) if this index cannot apply `filter`; cheap (parses only, reads
+        nothing), for callers that refuse bad input before queueing work (the server)."""
+        self._filters.compile(filter)
+
     @property
     def fields(self) -> tuple:
         """The document fields of the index (sources.fields.Field), which filters may name."""

@@ -415,7 +415,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
             raise SearchError(f"explain: queries x k = {len(queries) * k_} explained hits is above this server's "
                               f"limit of {limits.max_explain} (--max-explain)")
         if req.filter is not None:
-            engine.base.allowed(req.filter)  # FilterError (400) before queueing; the mask is then cached
+            engine.base.check_filter(req.filter)  # FilterError (400) before queueing; the worker makes the mask
         settings = _Engine.settings_of(config)._replace(filter=req.filter)
         return settings, _Work(queries, k_, req.explain, Budget(limits.request_timeout_s))
 
