@@ -156,7 +156,7 @@ class Searcher:
         bm25 = self._bm25.search(list(texts), per_list, allowed) if self._bm25 is not None else None
         if kind == "bm25":
             # a query with no BM25 term (not: no allowed match) falls back to dense
-            empty = ~bm25.found if allowed is None else np.array([not ids for ids in self._bm25.tokenize(list(texts))])
+            empty = ~bm25.found if allowed is None else np.array([not t for t in self._bm25.tokenize(list(texts))])
             if empty.any() and self._dense is None:
                 raise SearchError("no query term is in the BM25 vocabulary (only stopwords?) and the index "
                                   "has no dense vectors to fall back on")
