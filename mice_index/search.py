@@ -185,7 +185,8 @@ class Searcher:
         min(k, depth, matching documents) hits; FilterError (a SearchError) for a bad filter."""
         return self.search_texts([query], k, filter=filter)[0]
 
-    def search_texts(self, queries: Sequence[str], k: int | None = None, filter: str | None = None) -> list[list[Hit]]:
+    def search_texts(self, queries: Sequence[str], k: int | None = None,
+                     filter: str | None = None) -> list[list[Hit]]:
         """Free-text queries searched together (one first-stage call, one scorer call) -> per query
         its top-k hits, each list equal to `search` on that query alone (k and filter as there)."""
         k = clipped("--k", k, 10, self.reader.num_docs)
