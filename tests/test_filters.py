@@ -140,6 +140,12 @@ def test_field_of_the_wrong_type_is_one_line_naming_document_and_field(tmp_path)
     path.write_text('{"_id": "d1", "text": "x", "n": true}\n')
     with pytest.raises(SourceError, match="field 'n' is declared int"):  # true is not an integer
         list(read_documents(path, fields=(Field("n", "int"),)))
+    path.write_text('{"_id": "d1", "text": "x", "n": 9223372036854775808}\n')
+    with pytest.raises(SourceError, match="outside the 64-bit integer range"):
+        list(read_documents(path, fields=(Field("n", "int"),)))
+    path.write_text('{"_id": "d1", "text": "x", "n": NaN}\n')
+    with pytest.raises(SourceError, match="field 'n' must be a finite number"):
+        list(read_documents(path, fields=(Field("n", "float"),)))
     path.write_text('{"_id": "d1", "text": "x", "metadata": {"y": 3}}\n{"_id": "d2", "text": "z", "metadata": null}\n')
     docs = list(read_documents(path, fields=(Field("metadata.y", "float"), Field("n", "int"))))
     assert [d.fields for d in docs] == [(3.0, None), (None, None)]
@@ -151,11 +157,12 @@ def test_field_of_the_wrong_type_is_one_line_naming_document_and_field(tmp_path)
 
 @pytest.mark.parametrize("spec,match", [
     ("year", "expected NAME:TYPE"), ("year:date", "unknown type 'date'"), ("title:str", "reserved"),
-    ("1year:int", "not one"), ("a.class:int", "not one"),
+    ("1year:int", "not one"), ("a.class:int", "not one"), ("__row__:int", "reserved"),
+    (("year:int", "year:str"), "declared twice"),
 ])
 def test_bad_field_spec(spec, match):
     with pytest.raises(MiceIndexError, match=match):
-        BuildConfig(fields=(spec,))
+        BuildConfig(fields=spec if isinstance(spec, tuple) else (spec,))
 
 
 def test_build_with_a_bad_field_value_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ filter grammar of :mod:`mice_index.filters`.
 from __future__ import annotations
 
 import keyword
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ _ACCEPT: dict[str, tuple[tuple[type, ...], str]] = {
 FIELD_TYPES = tuple(_ACCEPT)
 # columns of the document table, and the grammar's literals: a field cannot take these names
 RESERVED_NAMES = frozenset({"row", "doc_id", "title", "text", "num_tokens", "truncated", "null", "true", "false",
-                            "None", "True", "False"})
+                            "None", "True", "False", "__row__"})
+INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,17 @@ def field_values(obj: dict[str, Any], fields: tuple[Field, ...], path: Path | st
                     shown = shown[:37] + "..."
                 raise SourceError(f"{path}:{lineno}: document {doc_id!r}: field {f.name!r} is declared {f.type} "
                                   f"(--field {f.name}:{f.type}) and must be {what} or null, got {shown}")
+            where = f"{path}:{lineno}: document {doc_id!r}: field {f.name!r}"
             if f.type == "str":
-                check_text(value, f"{path}:{lineno}: document {doc_id!r}: field {f.name!r}", hint=JSON_HINT)
+                check_text(value, where, hint=JSON_HINT)
+            elif f.type == "int" and not -INT64 <= value < INT64:
+                raise SourceError(f"{where} is {value}, outside the 64-bit integer range (declare it float or str)")
             elif f.type == "float":
-                value = float(value)
+                try:
+                    value = float(value)
+                except OverflowError:  # an integer too large for a double
+                    value = math.inf
+                if not math.isfinite(value):
+                    raise SourceError(f"{where} must be a finite number, got {value}")
         out.append(value)
     return tuple(out)
