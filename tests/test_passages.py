@@ -353,3 +353,28 @@ def test_resumed_passage_build_is_identical(built, tmp_path):
     got = Searcher.open(idx, model=built[1], config=SearchConfig(scorer=FP32, alpha=0.0, candidates="hybrid",
                                                                   depth=8)).search(QUERY, k=8)
     assert [(h.doc_id, h.score, h.passage) for h in got] == [(h.doc_id, h.score, h.passage) for h in want]
+
+
+def test_filter_on_a_passage_index_keeps_whole_documents(built, tmp_path):
+    """Fields are per document and copied to each passage row; a filter then gives k distinct
+    matching documents (min(k, matches)), aggregated over all their passages."""
+    root, model = built
+    docs = list(read_documents(sample_collection()))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text, "year": 2000 + i})
+                              + "\n" for i, d in enumerate(docs)))
+    idx = tmp_path / "fidx"
+    build_index(corpus, idx, BuildConfig(model=str(root / "mice"), codec="fp32", dtype="fp32", shard_docs=64,
+                                         passages=(W, S), fields=("year:int",)))
+    rows = [r for d in sorted((idx / "shards").iterdir()) for r in pq.read_table(d / "docs.parquet").to_pylist()]
+    year = {d.doc_id: 2000 + i for i, d in enumerate(docs)}
+    assert len(rows) > len(docs) and all(r["year"] == year[r["doc_id"]] for r in rows)
+    searcher = Searcher.open(idx, model=model, config=SearchConfig(scorer=FP32, alpha=0.0, candidates="hybrid",
+                                                                  depth=10, aggregate="maxp"))
+    hits = searcher.search(QUERY, k=10, filter="year >= 2035")  # 5 documents match
+    assert sorted(h.doc_id for h in hits) == sorted(d for d, y in year.items() if y >= 2035)
+    unfiltered = {h.doc_id: h.score for h in searcher.with_config(depth=40).search(QUERY, k=40)}
+    for h in hits:  # the same document score as without the filter: all its passages were scored
+        assert h.score == pytest.approx(unfiltered[h.doc_id], abs=1e-5)
+    with pytest.raises(MiceIndexError, match="reserved"):
+        BuildConfig(fields=("passage:int",)).field_specs()

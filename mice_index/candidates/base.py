@@ -64,7 +64,9 @@ class CandidateGenerator(Protocol):
     @property
     def num_docs(self) -> int: ...
 
-    def search(self, queries: Any, k: int) -> Candidates: ...
+    def search(self, queries: Any, k: int, allowed: np.ndarray | None = None) -> Candidates:
+        """Top-k rows per query; `allowed` (bool [num_docs], store rows): only those rows, exact
+        top-k among them (see `check_allowed`)."""
 
     def save(self, directory: str | Path) -> None: ...
 
@@ -77,6 +79,20 @@ def check_k(k: int, num_docs: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SearchError(f"k must be a positive integer, got {k!r}")
     return max(1, min(int(k), int(num_docs)))
+
+
+def check_allowed(allowed: np.ndarray | None, num_docs: int) -> np.ndarray | None:
+    """`allowed` as a bool [num_docs] array (None: every row allowed). SearchError for another shape.
+
+    A generator given `allowed` returns the exact top-k of the allowed rows (the mask is applied
+    before the depth cut, never after): equal to its unfiltered search with every other row removed."""
+    if allowed is None:
+        return None
+    allowed = np.asarray(allowed)
+    if allowed.dtype != bool or allowed.shape != (num_docs,):
+        raise SearchError(f"allowed must be a bool mask over the {num_docs} rows, got {allowed.dtype} "
+                          f"{allowed.shape}")
+    return allowed
 
 
 def topk_rows(scores: np.ndarray, k: int, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,9 @@ class SearchRequest(BaseModel):
     aggregate: str | None = Field(None, description="A passage index: a document's score from its passages' "
                                                     "(maxp | firstp | sump) [default: the server's]; no effect "
                                                     "on an index without passages.")
+    filter: str | None = Field(None, description="Metadata filter over the index's fields, e.g. \"year >= 2020 "
+                                                 "and source in ('a','b')\" (README → Filters): only matching "
+                                                 "documents are searched, min(k, matches) hits per query.")
 
 
 class WordMatchOut(BaseModel):
@@ -114,6 +117,7 @@ class SettingsOut(BaseModel):
     rerank: str
     alpha: float | None
     aggregate: str = "maxp"
+    filter: str | None = None
 
 
 class SearchResponse(BaseModel):
@@ -135,6 +139,7 @@ class Settings(NamedTuple):
     rerank: str
     alpha: float | None
     aggregate: str = "maxp"
+    filter: str | None = None  # a metadata filter (its mask is cached by the searcher)
 
 
 class _Work(NamedTuple):
@@ -166,6 +171,7 @@ class _Engine:
                         config.aggregate)
 
     def searcher(self, s: Settings):
+        s = s._replace(filter=None)  # one searcher per search configuration, whatever the filter
         if s not in self.variants:
             changes = {"candidates": s.candidates, "depth": s.depth, "rerank": s.rerank, "aggregate": s.aggregate}
             if supports_alpha():
@@ -243,7 +249,8 @@ class _Engine:
                     self.between_passes()
                 passes += 1
                 texts = [q for _, q in chunk]
-                for (j, _), h, f in zip(chunk, searcher.search_texts(texts, k), searcher.dense_fallback(texts)):
+                found = searcher.search_texts(texts, k, filter=settings.filter)
+                for (j, _), h, f in zip(chunk, found, searcher.dense_fallback(texts)):
                     hits[j].append((h, FALLBACK_NOTE if f else None))
         out: list[list[dict] | BudgetExceeded] = []
         for j, w in enumerate(works):
@@ -269,7 +276,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 # the request parameters that share a CLI flag's name (the server's own options, e.g. --max-k, stay)
-_CLI_FLAG = re.compile(r"(?<![\w-])--(k|depth|candidates|rerank|alpha|explain|query|aggregate)\b(?!-)")
+_CLI_FLAG = re.compile(r"(?<![\w-])--(k|depth|candidates|rerank|alpha|explain|query|aggregate|filter)\b(?!-)")
 
 
 def _api_message(exc: Exception) -> str:
@@ -359,7 +366,8 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
             request.state.log = f" error={exc}"
             return _error(400, _api_message(exc))
         request.state.log = (f" k={work.k} candidates={settings.candidates} depth={settings.depth} "
-                             f"queries={len(work.queries)}{' explain' if work.explain else ''}")
+                             f"queries={len(work.queries)}{' explain' if work.explain else ''}"
+                             f"{' filtered' if settings.filter is not None else ''}")
         budget = work.budget
         try:
             lists = await run_within_budget(batcher, settings, work, request)
@@ -422,7 +430,10 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         if req.explain and len(queries) * k_ > limits.max_explain:
             raise SearchError(f"explain: queries x k = {len(queries) * k_} explained hits is above this server's "
                               f"limit of {limits.max_explain} (--max-explain)")
-        return _Engine.settings_of(config), _Work(queries, k_, req.explain, Budget(limits.request_timeout_s))
+        if req.filter is not None:
+            engine.base.check_filter(req.filter)  # FilterError (400) before queueing; the worker makes the mask
+        settings = _Engine.settings_of(config)._replace(filter=req.filter)
+        return settings, _Work(queries, k_, req.explain, Budget(limits.request_timeout_s))
 
     responses = {code: {"model": ErrorOut} for code in (400, 413, 500, 503, 504)}
 
@@ -436,9 +447,9 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     async def search_get(request: Request, q: list[str] = Query(..., description="Query text (repeatable)."),
                          k: int | None = None, candidates: str | None = None, depth: int | None = None,
                          rerank: str | None = None, alpha: float | None = None, explain: bool = False,
-                         aggregate: str | None = None):
+                         aggregate: str | None = None, filter: str | None = None):
         req = SearchRequest(q=q, k=k, candidates=candidates, depth=depth, rerank=rerank, alpha=alpha, explain=explain,
-                            aggregate=aggregate)
+                            aggregate=aggregate, filter=filter)
         return await _search(req, request)
 
     @app.get("/", include_in_schema=False)

@@ -41,7 +41,7 @@ PASSAGE_CHUNK = 64  # documents tokenized per tokenizer call while splitting
 
 @dataclass(frozen=True, slots=True)
 class Passage(Document):
-    """One window of a document: `doc_id` and `title` are the document's, `text` is
+    """One window of a document: `doc_id`, `title` and `fields` are the document's, `text` is
     `document.text[char_start:char_end]`; `passage` numbers the document's passages from 0."""
 
     passage: int = 0
@@ -124,11 +124,11 @@ def split_documents(docs: Iterable[Document], tokenizer, window: int, stride: in
             starts = [j == 0 or words[j] != words[j - 1] for j in range(len(words))]
             spans = windows(starts, window, stride)
             if not spans:  # no tokens (empty or whitespace-only text): the document as one passage
-                yield Passage(d.doc_id, d.text, d.title, 0, 0, len(d.text))
-                continue
+                spans, offsets = [(0, 1)], [(0, len(d.text))]
             for p, (a, b) in enumerate(spans):
                 s, e = offsets[a][0], offsets[b - 1][1]
-                yield Passage(d.doc_id, d.text[s:e], d.title, p, s, e)
+                yield Passage(doc_id=d.doc_id, text=d.text[s:e], title=d.title, fields=d.fields, passage=p,
+                              char_start=s, char_end=e)
         if len(chunk) < PASSAGE_CHUNK:
             return
 

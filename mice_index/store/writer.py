@@ -31,7 +31,14 @@ DOC_SCHEMA = pa.schema([
 # a passage index (build --passages) adds, per row, the passage's number in its document (from 0)
 # and its character span [char_start, char_end) in the document's text
 PASSAGE_FIELDS = [("passage", pa.int32()), ("char_start", pa.int64()), ("char_end", pa.int64())]
-PASSAGE_SCHEMA = pa.schema([*DOC_SCHEMA, *(pa.field(n, t) for n, t in PASSAGE_FIELDS)])
+
+
+def doc_schema(fields=(), passages: bool = False) -> pa.Schema:
+    """The document table's schema: DOC_SCHEMA plus one nullable column per declared field
+    (sources/fields.py: int64, float64, string or bool), named as the field, plus PASSAGE_FIELDS
+    for a passage index."""
+    return pa.schema([*DOC_SCHEMA, *(pa.field(f.name, f.arrow_type, nullable=True) for f in fields),
+                      *(pa.field(n, t) for n, t in (PASSAGE_FIELDS if passages else ()))])
 
 
 def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array:
@@ -45,9 +52,11 @@ def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array
 class ShardWriter:
     """Accumulates consecutive windows of one build shard in `tmp`, then `commit()`s it."""
 
-    def __init__(self, root: Path, index: int, start_row: int, codec: Codec, passages: bool = False):
+    def __init__(self, root: Path, index: int, start_row: int, codec: Codec, fields=(), passages: bool = False):
         self.index, self.start_row, self.codec = index, start_row, codec
-        self.schema = PASSAGE_SCHEMA if passages else DOC_SCHEMA  # passages: rows are `Passage`s
+        self.fields = tuple(fields)  # declared document fields (sources.fields.Field): extra columns
+        self.passages = passages  # rows are `Passage`s (build --passages): passage, char_start, char_end columns
+        self.schema = doc_schema(self.fields, passages)
         self.tmp = root / L.SHARDS_DIR / (L.TMP_PREFIX + L.shard_name(index))
         self.final = root / L.SHARDS_DIR / L.shard_name(index)
         with os_errors(self.tmp, f"creating build shard {self.final.name}"):
@@ -87,8 +96,10 @@ class ShardWriter:
             "row": np.arange(win.start_row, win.start_row + n, dtype=np.int64),
             "doc_id": [d.doc_id for d in win.docs], "title": [d.title for d in win.docs],
             "text": [d.text for d in win.docs], "num_tokens": win.lengths, "truncated": win.truncated,
+            # per stored row, from the document it comes from (a passage row carries its document's)
+            **{f.name: [d.fields[i] if d.fields else None for d in win.docs] for i, f in enumerate(self.fields)},
         }
-        if self.schema is PASSAGE_SCHEMA:
+        if self.passages:
             columns.update({name: [getattr(d, name) for d in win.docs] for name, _ in PASSAGE_FIELDS})
         self.docs.write_table(pa.table(columns, schema=self.schema))
         self.lengths.append(win.lengths)
