@@ -283,9 +283,11 @@ def test_resume_with_other_passages_is_refused(built, tmp_path):
     root, model = built
     from mice_index.errors import IndexError_
 
+    import shutil
+
     idx = tmp_path / "r"
     cfg = BuildConfig(model=str(root / "mice"), codec="fp32", dtype="fp32", shard_docs=64, passages=(W, S))
-    build_index(sample_collection(), idx, cfg)
+    shutil.copytree(root / "idx", idx)  # built with cfg
     m = json.loads((idx / "manifest.json").read_text())
     m["complete"] = False
     (idx / "manifest.json").write_text(json.dumps(m))
