@@ -5,6 +5,7 @@ scorer) with exactly min(k, matches) hits, in the API, the CLI, PyTerrier and th
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -202,6 +203,70 @@ def test_bad_filters_are_one_line(text, match):
         compile_filter(text, F)
     assert "\n" not in str(exc.value) and isinstance(exc.value, SearchError)
 
+
+# int64 values near 2**62 (beyond float64's exact integers) and small ones, with nulls
+BIG = 2**62
+_NUM_ROWS = {"n": [BIG, BIG + 1, BIG + 2, -BIG - 1, 3, 4, None, 2**63 - 1, -(2**63)],
+             "x": [0.5, 1.0, 2.5, -1.0, 3.0, 1e300, None, float(2**62), -2.5]}
+
+
+def _num_table():
+    import pyarrow as pa
+
+    return pa.table({"n": pa.array(_NUM_ROWS["n"], pa.int64()), "x": pa.array(_NUM_ROWS["x"], pa.float64())})
+
+
+NUM_FILTERS = [  # (filter, the same test in Python on a non-null value; null never matches)
+    (f"n == {BIG + 1}", lambda v: v == BIG + 1),
+    (f"n == {BIG + 1}.0", lambda v: v == BIG),  # that literal is the double 2**62 (as in Python)
+    (f"n < {BIG}.0", lambda v: v < BIG),
+    (f"n in ({BIG + 1}, 2.5)", lambda v: v == BIG + 1),
+    (f"n not in ({BIG + 1}, 1.5)", lambda v: v != BIG + 1),
+    ("n == 3.5", lambda v: False), ("n != 3.5", lambda v: True), ("not n == 3.5", lambda v: True),
+    ("n < 3.5", lambda v: v <= 3), ("n <= 3.5", lambda v: v <= 3), ("n > 3.5", lambda v: v >= 4),
+    ("n >= -3.5", lambda v: v >= -3), ("3.5 < n", lambda v: v >= 4), ("n > -3.5", lambda v: v > -4),
+    ("n < 1e999", lambda v: True), ("n > -1e999", lambda v: True), ("not n < 1e999", lambda v: False),
+    ("n < 100000000000000000000", lambda v: True), ("n >= 100000000000000000000", lambda v: False),
+    ("n > -100000000000000000000", lambda v: True), ("n == 9223372036854775808", lambda v: False),
+    ("n != 9223372036854775808", lambda v: True), ("n == 9223372036854775807", lambda v: v == 2**63 - 1),
+    ("n == -9223372036854775808", lambda v: v == -(2**63)), ("n < 1e300", lambda v: True),
+    ("n in (2.5, 1e999, 100000000000000000000)", lambda v: False),
+    ("n not in (2.5, 1e999)", lambda v: True), ("n in (3, 4.0)", lambda v: v in (3, 4)),
+    ("x < 100000000000000000000", lambda v: v < 1e20), ("x > 9223372036854775807", lambda v: v > 2.0**63),
+    ("x in (1, 3, 100000000000000000000)", lambda v: v in (1.0, 3.0)), ("x == 4611686018427387904", lambda v: v == 2.0**62),
+    ("x <= -2", lambda v: v <= -2), ("x < 1e999", lambda v: True),
+]
+
+
+@pytest.mark.parametrize("text,test", NUM_FILTERS, ids=[t for t, _ in NUM_FILTERS])
+def test_numeric_literals_compare_exactly_with_int64_and_float64(text, test):
+    """Any number against an int64 column is decided over the integers (no cast through float that
+    loses digits or fails on values beyond 2**53; 2.5, inf and 10**20 are valid literals), a
+    float field takes integers of any size; a null row matches nothing, negated or not."""
+    from mice_index.sources.fields import Field
+
+    field = re.search(r"\b[nx]\b", text).group()
+    flt = compile_filter(text, (Field("n", "int"), Field("x", "float")))
+    want = [v is not None and bool(test(v)) for v in _NUM_ROWS[field]]
+    assert flt.mask(_num_table()).tolist() == want
+
+
+def test_string_literal_that_is_not_unicode_is_one_line():
+    from mice_index.sources.fields import Field
+
+    with pytest.raises(FilterError, match=r"not valid Unicode \(lone surrogate") as exc:
+        compile_filter("s == '\\ud800'", (Field("s", "str"),))  # the escape makes a lone surrogate
+    assert "\n" not in str(exc.value)
+
+
+def test_error_positions_count_characters_not_bytes():
+    from mice_index.sources.fields import Field
+
+    fields = (Field("s", "str"), Field("n", "int"))
+    with pytest.raises(FilterError, match=r"unknown field 'foo' \(at character 16\)"):
+        compile_filter("s == 'ééé' and foo == 1", fields)
+    with pytest.raises(FilterError, match=r"\(at character 21\): field 'n' is int"):
+        compile_filter("s == 'ééé' and n == 'x'", fields)
 
 def test_filter_on_an_index_without_fields():
     with pytest.raises(FilterError, match="this index has no fields"):
