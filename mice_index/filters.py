@@ -106,13 +106,36 @@ def compile_filter(text: str, fields: tuple[Field, ...]) -> Filter:
         where = f" at character {exc.offset}" if exc.offset else ""
         reason = (exc.msg or "invalid syntax").replace("Maybe you meant '==' or ':=' instead of '='?",
                                                        "compare with ==").rstrip(".")
-        raise FilterError(f"--filter: syntax error{where} of {text.strip()!r}: {reason}") from None
+        raise FilterError(f"--filter: syntax error{where} of {_shown(text.strip())}: {reason}") from None
     except (RecursionError, MemoryError, ValueError):
         raise FilterError("--filter: too deeply nested") from None
+    comment = _comment_at(text.strip())
+    if comment is not None:  # Python would drop the rest of the line: `year > 2000 # and draft`
+        raise FilterError(f"--filter: '#' at character {comment} is not part of the grammar (a '#' in a value goes "
+                          f"inside its quotes)")
     try:
         return Filter(text, _Compiler(text.strip(), {f.name: f for f in fields}).expr(tree.body))
     except RecursionError:
         raise FilterError("--filter: too deeply nested") from None
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` quoted for an error line, cut to `limit` characters (a filter may have 4,096)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _comment_at(source: str) -> int | None:
+    """The 1-based character position of a Python comment in `source` (which parses), else None."""
+    import io
+    import tokenize
+
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                return tok.start[1] + 1
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    return None
 
 
 class _Compiler:
@@ -126,7 +149,7 @@ class _Compiler:
 
     def _where(self, node: ast.AST) -> str:
         seg = ast.get_source_segment(self.source, node) or ast.dump(node)[:40]
-        return f"{seg!r} (at character {self._at(node)})"
+        return f"{_shown(seg)} (at character {self._at(node)})"
 
     def _refuse(self, node: ast.AST, why: str) -> FilterError:
         return FilterError(f"--filter: {self._where(node)}: {why}")

@@ -197,6 +197,8 @@ F = tuple(Field(*s.split(":")) for s in FIELDS)
     ("year", "only a bool field stands alone"),
     ("", "empty"),
     ("year > 1\nor year < 0", "one line"),
+    ("year > 2000 # and draft", "'#' at character 13 is not part of the grammar"),  # not a silent comment
+    ("source == 'a#b' and year > 1 #", "'#' at character 30"),
 ])
 def test_bad_filters_are_one_line(text, match):
     with pytest.raises(FilterError, match=match) as exc:
@@ -257,6 +259,14 @@ def test_string_literal_that_is_not_unicode_is_one_line():
     with pytest.raises(FilterError, match=r"not valid Unicode \(lone surrogate") as exc:
         compile_filter("s == '\\ud800'", (Field("s", "str"),))  # the escape makes a lone surrogate
     assert "\n" not in str(exc.value)
+
+
+def test_errors_quote_at_most_80_characters_of_a_long_filter():
+    long = "year == 1 and " * 250 + "year = 2"  # 3,508 characters, a syntax error at the end
+    for text in (long, "year == " + "-" * 3000 + "1"):
+        with pytest.raises(FilterError) as exc:
+            compile_filter(text, F)
+        assert len(str(exc.value)) < 200, str(exc.value)
 
 
 def test_error_positions_count_characters_not_bytes():
