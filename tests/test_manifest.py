@@ -197,3 +197,16 @@ def test_unfinished_format2_build_resumes_after_upgrade(built, old, tmp_path):
     r = build_index(sample_collection(), old, cfg)
     assert r.encoded_docs == 0 and r.info["complete"] and r.info["format_version"] == 3
     assert read_manifest(old) == read_manifest(idx)
+
+
+def test_odd_index_folders_are_one_line(tmp_path, monkeypatch, capsys):
+    """A file given as --index, a folder where manifest.json should be, a shard.json that is a
+    folder: one line, exit 2 (read_json turns every OSError into one), in upgrade / info / search."""
+    (tmp_path / "file.jsonl").write_text("{}\n")
+    (tmp_path / "odd" / L.MANIFEST).mkdir(parents=True)
+    for cmd in (["upgrade"], ["info"], ["search", "--query", "bees"]):
+        cli_one_line(monkeypatch, capsys, [*cmd, "--index", str(tmp_path / "file.jsonl")], "is a file, not an index folder")
+        cli_one_line(monkeypatch, capsys, [*cmd, "--index", str(tmp_path / "odd")], "cannot read the index manifest",
+                     "Is a directory")
+    with pytest.raises(IndexError_, match="shard metadata"):
+        L.read_json(tmp_path / "odd" / L.MANIFEST, "shard metadata")

@@ -275,6 +275,8 @@ def read_manifest(root: str | Path) -> Manifest:
         if (staging / L.MANIFEST).is_file():
             raise IndexError_(f"{root}: index folder not found, but {staging} holds its rebuilt copy (a `build "
                               f"--overwrite` was stopped while swapping folders): rename {staging} to {root}")
+        if root.exists():
+            raise IndexError_(f"{root}: is a file, not an index folder")
         raise IndexError_(f"{root}: index folder not found")
     path = root / L.MANIFEST
     manifest = L.read_json(path, "index manifest (not an index folder, or the build never started)")
