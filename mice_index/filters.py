@@ -34,6 +34,7 @@ mismatch, a filter on an index without fields).
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -45,6 +46,8 @@ import numpy as np
 from mice_index.errors import SearchError
 from mice_index.sources.fields import INT64, Field
 from mice_index.text import check_text
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Filter", "FilterError", "FilterMasks", "MAX_FILTER_CHARS", "compile_filter", "describe_fields"]
 
@@ -353,6 +356,9 @@ class FilterMasks:
             if self._table is None:
                 self._table = self.reader.field_table()
             mask = flt.mask(self._table)
+            if not mask.any():  # once per filter (then cached): an empty result is not a silent mystery
+                log.warning("--filter %s keeps no document of this index (%d documents): every result is empty",
+                            _shown(text), mask.size)
             mask.setflags(write=False)
             self._masks[text] = mask
             if len(self._masks) > self.size:

@@ -288,6 +288,15 @@ def test_filter_masks_equal_python(base, text):
     assert _searcher(base, rerank="none").allowed(text).tolist() == _mask(CASES[text]).tolist()
 
 
+
+def test_a_filter_keeping_no_document_warns_once(base, caplog):
+    s = _searcher(base, rerank="none")
+    with caplog.at_level("WARNING", logger="mice_index.filters"):
+        assert not s.allowed("year > 2200 and draft").any()
+        assert s.search(QUERIES[0], k=5, filter="year > 2200 and draft") == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--filter 'year > 2200 and draft' keeps no document of this index ({N} documents): every result is empty"]
+
 def test_null_semantics_and_chains(base):
     s = _searcher(base, rerank="none")
     nulls = _mask(CASES["metadata.lang is null"])
