@@ -150,6 +150,13 @@ def test_field_of_the_wrong_type_is_one_line_naming_document_and_field(tmp_path)
     path.write_text('{"_id": "d1", "text": "x", "metadata": {"y": 3}}\n{"_id": "d2", "text": "z", "metadata": null}\n')
     docs = list(read_documents(path, fields=(Field("metadata.y", "float"), Field("n", "int"))))
     assert [d.fields for d in docs] == [(3.0, None), (None, None)]
+    for bad, kind in (('"metadata": [{"y": 3}]', "list"), ('"metadata": "y=3"', "str"), ('"metadata": 3', "int")):
+        path.write_text('{"_id": "d1", "text": "x", "metadata": {}}\n{"_id": "d2", "text": "x", %s}\n' % bad)
+        with pytest.raises(SourceError, match=rf"c.jsonl:2: document 'd2': field 'metadata.y' .* looks inside "
+                                              rf"'metadata', which must be a JSON object or null, got {kind}$"):
+            list(read_documents(path, fields=(Field("metadata.y", "float"),)))  # never a silent null
+    path.write_text('{"_id": "d1", "text": "x", "m": {"a": null}}\n{"_id": "d2", "text": "x", "m": {}}\n')
+    assert [d.fields for d in read_documents(path, fields=(Field("m.a.b", "int"),))] == [(None,), (None,)]
     tsv = tmp_path / "c.tsv"
     tsv.write_text("d1\thello\n")
     with pytest.raises(SourceError, match="JSONL"):
