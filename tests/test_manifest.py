@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -210,3 +211,17 @@ def test_odd_index_folders_are_one_line(tmp_path, monkeypatch, capsys):
                      "Is a directory")
     with pytest.raises(IndexError_, match="shard metadata"):
         L.read_json(tmp_path / "odd" / L.MANIFEST, "shard metadata")
+
+
+def test_user_text_is_printed_verbatim_never_as_rich_markup_or_emoji(old, tmp_path, monkeypatch, capsys):
+    """`:date:` is an emoji code and `[x]` a markup tag for rich: a typed `--field year:date` and
+    an index folder named `o[x]:date:` must come back as typed, in errors and summaries."""
+    cli_one_line(monkeypatch, capsys, ["build", "--corpus", str(tmp_path / "c.jsonl"), "--index", str(tmp_path / "i"),
+                                       "--field", "year:date"], "--field year:date: unknown type 'date'")
+    odd = tmp_path / "o[x]:date:"
+    old.rename(odd)
+    monkeypatch.setattr(sys, "argv", ["mice-index", "upgrade", "--index", str(odd)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert f"upgraded {odd}: index format 2 → 3" in " ".join(capsys.readouterr().out.split())
