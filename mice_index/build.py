@@ -140,6 +140,13 @@ def _load_dense(model: MiceModel, cfg: BuildConfig):
         return None, None, None, None
 
 
+
+def _setting(name: str, value) -> str:
+    """A build setting as the user gave it, for a mismatch message (`--field year:int`, not a repr)."""
+    if name == "fields":
+        return " ".join(f"--field {f.name}:{f.type}" for f in value) or "no --field"
+    return repr(value)
+
 class _Builder:
     def __init__(self, corpus, index: Path, cfg: BuildConfig, model: MiceModel | None, progress,
                  encoder_factory: Callable[..., Any] = DocumentEncoder):
@@ -182,7 +189,7 @@ class _Builder:
             diff = {f.name: (getattr(m.settings, f.name), getattr(self.settings, f.name)) for f in fields(Settings)
                     if getattr(m.settings, f.name) != getattr(self.settings, f.name)}
             if diff:
-                what = ", ".join(f"{k}: index {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+                what = ", ".join(f"{k}: index {_setting(k, a)} vs now {_setting(k, b)}" for k, (a, b) in diff.items())
                 raise IndexError_(f"{root}: unfinished index was started with other settings ({what}); "
                                   "re-run with the same options or pass --overwrite")
             return m

@@ -195,6 +195,9 @@ def test_unfinished_format2_build_resumes_after_upgrade(built, old, tmp_path):
     with pytest.raises(IndexError_, match="format 2.*mice-index upgrade --index"):
         build_index(sample_collection(), old, cfg)
     assert upgrade_index(old).changed
+    with pytest.raises(IndexError_, match=r"other settings \(fields: index no --field vs now --field year:int "
+                                          r"--field metadata.s:str\)"):  # the options as typed, not a repr
+        build_index(sample_collection(), old, replace(cfg, fields=("year:int", "metadata.s:str")))
     r = build_index(sample_collection(), old, cfg)
     assert r.encoded_docs == 0 and r.info["complete"] and r.info["format_version"] == 3
     assert read_manifest(old) == read_manifest(idx)
