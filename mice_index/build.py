@@ -417,7 +417,23 @@ def build_index(
         if created:
             _remove_if_empty(Path(index))
         raise
+    if config.fields:
+        warn_empty_fields(Path(index))
     return BuildResult(Path(index), index_info(index), encoded, time.perf_counter() - t0)
+
+
+def warn_empty_fields(root: Path) -> list[str]:
+    """Log one warning per declared field that is null in every document of the index in `root`
+    (a key no document has: usually a typo, `--field metadata.yaer:int`); the names, in order."""
+    from mice_index.store import IndexReader
+
+    reader = IndexReader.open(root)
+    table = reader.field_table()
+    empty = [f for f in reader.fields if table.num_rows and table.column(f.name).null_count == table.num_rows]
+    for f in empty:
+        log.warning("--field %s:%s is null in all %d documents (no document has the key %r: a typo?); a filter "
+                    "on it keeps only `%s is null`", f.name, f.type, table.num_rows, f.name, f.name)
+    return [f.name for f in empty]
 
 
 def _peek(corpus, cfg: BuildConfig) -> None:

@@ -558,3 +558,19 @@ def test_static_slices_carry_the_fields(built, tmp_path):
     sliced = IndexReader.open(tmp_path / "sliced")
     assert sliced.fields == IndexReader.open(idx).fields
     assert sliced.field_table().equals(IndexReader.open(idx).field_table())
+
+
+def test_a_field_no_document_has_is_warned_at_build(built, tmp_path, caplog):
+    """`--field metadata.yaer:int` (a typo) leaves the column null everywhere: one warning, not silence."""
+    from mice_index.build import warn_empty_fields
+
+    assert warn_empty_fields(built[0]) == []  # every declared field of the fixture has values
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "bees", "metadata": {"year": 1}}\n{"_id": "b", "text": "wasps"}\n')
+    cfg = BuildConfig(model=str(built[0].parent / "mice"), codec="fp32", dtype="fp32", dense="none",
+                      fields=("metadata.yaer:int", "metadata.year:int"))
+    with caplog.at_level("WARNING", logger="mice_index.build"):
+        build_index(corpus, tmp_path / "idx", cfg)
+    warned = [r.getMessage() for r in caplog.records if "null in all" in r.getMessage()]
+    assert warned == ["--field metadata.yaer:int is null in all 2 documents (no document has the key "
+                      "'metadata.yaer': a typo?); a filter on it keeps only `metadata.yaer is null`"]
