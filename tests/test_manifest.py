@@ -228,3 +228,15 @@ def test_user_text_is_printed_verbatim_never_as_rich_markup_or_emoji(old, tmp_pa
         main()
     assert done.value.code == 0
     assert f"upgraded {odd}: index format 2 → 3" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("spec", [{"name": "class", "type": "int"}, {"name": "year", "type": "date"},
+                                  {"name": "title", "type": "str"}])
+def test_a_manifest_field_build_would_refuse_is_a_damaged_manifest(built, tmp_path, spec):
+    """Not a `--field ...` message at search time (the user typed no --field): the manifest is damaged."""
+    m = json.loads((built[0] / L.MANIFEST).read_text())
+    m["settings"]["fields"] = [spec]
+    _write(tmp_path / L.MANIFEST, m)
+    with pytest.raises(IndexError_, match=rf"malformed manifest \(settings.fields: {spec['name']}:{spec['type']} is "
+                                          rf"not a field `build --field` accepts\).*damaged"):
+        read_manifest(tmp_path)

@@ -126,6 +126,17 @@ class FieldSpec:
     name: str
     type: str
 
+    def __post_init__(self) -> None:
+        """ValueError (read_manifest: a damaged manifest) for a name or type `build --field` refuses."""
+        from mice_index.errors import MiceIndexError
+        from mice_index.sources.fields import Field
+
+        try:
+            Field(self.name, self.type)
+        except MiceIndexError:
+            raise ValueError(f"settings.fields: {self.name}:{self.type} is not a field `build --field` "
+                             f"accepts") from None
+
 
 @dataclass(frozen=True)
 class Passages:
