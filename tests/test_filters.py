@@ -242,7 +242,8 @@ NUM_FILTERS = [  # (filter, the same test in Python on a non-null value; null ne
     ("n in (2.5, 1e999, 100000000000000000000)", lambda v: False),
     ("n not in (2.5, 1e999)", lambda v: True), ("n in (3, 4.0)", lambda v: v in (3, 4)),
     ("x < 100000000000000000000", lambda v: v < 1e20), ("x > 9223372036854775807", lambda v: v > 2.0**63),
-    ("x in (1, 3, 100000000000000000000)", lambda v: v in (1.0, 3.0)), ("x == 4611686018427387904", lambda v: v == 2.0**62),
+    ("x in (1, 3, 100000000000000000000)", lambda v: v in (1.0, 3.0)),
+    ("x == 4611686018427387904", lambda v: v == 2.0**62),
     ("x <= -2", lambda v: v <= -2), ("x < 1e999", lambda v: True),
 ]
 

@@ -209,7 +209,8 @@ def test_odd_index_folders_are_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "file.jsonl").write_text("{}\n")
     (tmp_path / "odd" / L.MANIFEST).mkdir(parents=True)
     for cmd in (["upgrade"], ["info"], ["search", "--query", "bees"]):
-        cli_one_line(monkeypatch, capsys, [*cmd, "--index", str(tmp_path / "file.jsonl")], "is a file, not an index folder")
+        cli_one_line(monkeypatch, capsys, [*cmd, "--index", str(tmp_path / "file.jsonl")],
+                     "is a file, not an index folder")
         cli_one_line(monkeypatch, capsys, [*cmd, "--index", str(tmp_path / "odd")], "cannot read the index manifest",
                      "Is a directory")
     with pytest.raises(IndexError_, match="shard metadata"):

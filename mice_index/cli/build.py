@@ -138,7 +138,8 @@ def build_command(
     out = Console(emoji=False)
     rate = result.encoded_docs / result.seconds if result.seconds else 0.0
     out.print(
-        f"[bold green]built[/] {escape(str(info['path']))}: {info['num_docs']:,} documents, {info['num_tokens']:,} tokens "
+        f"[bold green]built[/] {escape(str(info['path']))}: {info['num_docs']:,} documents, "
+        f"{info['num_tokens']:,} tokens "
         f"({info['truncated_docs']:,} truncated, {info['empty_docs']:,} empty), codec {info['codec']} "
         f"({info['bytes_per_token']} B/token on disk), {_fmt_bytes(info['disk_bytes'])}; "
         f"encoded {result.encoded_docs:,} documents this run in {result.seconds:.1f} s ({rate:,.0f} docs/s)",

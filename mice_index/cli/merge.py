@@ -28,6 +28,7 @@ def merge_command(
     if as_json:
         typer.echo(json.dumps(info))
         return
-    Console(emoji=False).print(f"[bold green]merged[/] {escape(str(info['path']))}: {info['num_docs']:,} documents in {info['num_shards']} "
-                    f"shards, {info['num_tokens']:,} tokens, codec {info['codec']}, complete", highlight=False,
-                    soft_wrap=True)
+    Console(emoji=False).print(f"[bold green]merged[/] {escape(str(info['path']))}: {info['num_docs']:,} documents in "
+                               f"{info['num_shards']} "
+                               f"shards, {info['num_tokens']:,} tokens, codec {info['codec']}, complete", highlight=False,
+                               soft_wrap=True)

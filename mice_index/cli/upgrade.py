@@ -24,8 +24,10 @@ def upgrade_command(
     with os_errors(index, "upgrading the index"):
         r = upgrade_index(index)
     if r.changed:
-        Console(emoji=False).print(f"[bold green]upgraded[/] {escape(str(r.path))}: index format {r.from_version} → {r.to_version}",
-                        highlight=False, soft_wrap=True)
+        Console(emoji=False).print(f"[bold green]upgraded[/] {escape(str(r.path))}: index format {r.from_version} → "
+                                   f"{r.to_version}",
+                                   highlight=False, soft_wrap=True)
     else:
-        Console(emoji=False).print(f"{escape(str(r.path))}: already current (index format {r.to_version}); nothing to do",
-                        highlight=False, soft_wrap=True)
+        Console(emoji=False).print(f"{escape(str(r.path))}: already current (index format {r.to_version}); "
+                                   "nothing to do",
+                                   highlight=False, soft_wrap=True)
