@@ -159,6 +159,13 @@ def _load_dense(model: MiceModel, cfg: BuildConfig):
         return None, None, None, None
 
 
+
+def _setting(name: str, value) -> str:
+    """A build setting as the user gave it, for a mismatch message (`--field year:int`, not a repr)."""
+    if name == "fields":
+        return " ".join(f"--field {f.name}:{f.type}" for f in value) or "no --field"
+    return repr(value)
+
 class _Builder:
     def __init__(self, corpus, index: Path, cfg: BuildConfig, model: MiceModel | None, progress,
                  encoder_factory: Callable[..., Any] = DocumentEncoder):
@@ -206,7 +213,7 @@ class _Builder:
             diff = {f.name: (getattr(m.settings, f.name), getattr(self.settings, f.name)) for f in fields(Settings)
                     if getattr(m.settings, f.name) != getattr(self.settings, f.name)}
             if diff:
-                what = ", ".join(f"{k}: index {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+                what = ", ".join(f"{k}: index {_setting(k, a)} vs now {_setting(k, b)}" for k, (a, b) in diff.items())
                 raise IndexError_(f"{root}: unfinished index was started with other settings ({what}); "
                                   "re-run with the same options or pass --overwrite")
             return m
@@ -436,7 +443,23 @@ def build_index(
         if created:
             _remove_if_empty(Path(index))
         raise
+    if config.fields:
+        warn_empty_fields(Path(index))
     return BuildResult(Path(index), index_info(index), encoded, time.perf_counter() - t0)
+
+
+def warn_empty_fields(root: Path) -> list[str]:
+    """Log one warning per declared field that is null in every document of the index in `root`
+    (a key no document has: usually a typo, `--field metadata.yaer:int`); the names, in order."""
+    from mice_index.store import IndexReader
+
+    reader = IndexReader.open(root)
+    table = reader.field_table()
+    empty = [f for f in reader.fields if table.num_rows and table.column(f.name).null_count == table.num_rows]
+    for f in empty:
+        log.warning("--field %s:%s is null in all %d documents (no document has the key %r: a typo?); a filter "
+                    "on it keeps only `%s is null`", f.name, f.type, table.num_rows, f.name, f.name)
+    return [f.name for f in empty]
 
 
 def _peek(corpus, cfg: BuildConfig) -> None:

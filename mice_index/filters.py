@@ -19,7 +19,10 @@ Grammar (README → Filters):
   included.
 
 Types: an int or float field is compared with numbers, a str field with strings, a bool field
-with true/false (``==``/``!=``/``in`` only). Nulls follow SQL: a document whose field is null
+with true/false (``==``/``!=``/``in`` only). Numbers compare by value, exactly, whatever their size
+or kind: an int field against ``2.5`` (``year < 2.5`` is ``year <= 2``; ``year == 2.5`` holds for no
+row), ``1e999`` or ``10**20`` written out is decided over the integers, never through a cast to
+float that loses digits beyond 2**53. Nulls follow SQL: a document whose field is null
 matches no comparison and no ``in`` (nor their negations), only ``is null``.
 
 The text is parsed with Python's own parser (``ast``, expression mode) and only the node types
@@ -31,6 +34,8 @@ mismatch, a filter on an index without fields).
 from __future__ import annotations
 
 import ast
+import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,8 +44,10 @@ from typing import Any
 import numpy as np
 
 from mice_index.errors import SearchError
-from mice_index.sources.fields import Field
+from mice_index.sources.fields import INT64, Field
 from mice_index.text import check_text
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Filter", "FilterError", "FilterMasks", "MAX_FILTER_CHARS", "compile_filter", "describe_fields"]
 
@@ -102,22 +109,50 @@ def compile_filter(text: str, fields: tuple[Field, ...]) -> Filter:
         where = f" at character {exc.offset}" if exc.offset else ""
         reason = (exc.msg or "invalid syntax").replace("Maybe you meant '==' or ':=' instead of '='?",
                                                        "compare with ==").rstrip(".")
-        raise FilterError(f"--filter: syntax error{where} of {text.strip()!r}: {reason}") from None
+        raise FilterError(f"--filter: syntax error{where} of {_shown(text.strip())}: {reason}") from None
     except (RecursionError, MemoryError, ValueError):
         raise FilterError("--filter: too deeply nested") from None
+    comment = _comment_at(text.strip())
+    if comment is not None:  # Python would drop the rest of the line: `year > 2000 # and draft`
+        raise FilterError(f"--filter: '#' at character {comment} is not part of the grammar (a '#' in a value goes "
+                          f"inside its quotes)")
     try:
         return Filter(text, _Compiler(text.strip(), {f.name: f for f in fields}).expr(tree.body))
     except RecursionError:
         raise FilterError("--filter: too deeply nested") from None
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` quoted for an error line, cut to `limit` characters (a filter may have 4,096)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _comment_at(source: str) -> int | None:
+    """The 1-based character position of a Python comment in `source` (which parses), else None."""
+    import io
+    import tokenize
+
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                return tok.start[1] + 1
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    return None
+
+
 class _Compiler:
     def __init__(self, source: str, fields: dict[str, Field]):
         self.source, self.fields = source, fields
 
+    def _at(self, node: ast.AST) -> int:
+        """The 1-based character position of `node` (ast's col_offset counts UTF-8 bytes)."""
+        offset = getattr(node, "col_offset", 0)
+        return len(self.source.encode()[:offset].decode(errors="ignore")) + 1
+
     def _where(self, node: ast.AST) -> str:
         seg = ast.get_source_segment(self.source, node) or ast.dump(node)[:40]
-        return f"{seg!r} (at character {getattr(node, 'col_offset', 0) + 1})"
+        return f"{_shown(seg)} (at character {self._at(node)})"
 
     def _refuse(self, node: ast.AST, why: str) -> FilterError:
         return FilterError(f"--filter: {self._where(node)}: {why}")
@@ -176,17 +211,27 @@ class _Compiler:
             if not items:
                 raise self._refuse(whole, "an empty list; give at least one value")
             values = [self.literal(v, f) for v in items]
-            arrow_type = f.arrow_type
-            if f.type == "int" and any(isinstance(v, float) for v in values):
-                col, arrow_type = col.cast(pa.float64()), pa.float64()
-            hit = col.isin(pa.array(values, type=arrow_type))
-            hit = pc.if_else(col.is_null(), pa.scalar(None, pa.bool_()), hit)  # null in (...) is null
+            if f.type == "int":  # exact over integers: 2.5 and values outside int64 never match
+                values = [int(v) for v in values if _exact_int(v) is not None]
+            elif f.type == "float":
+                values = [_as_float(v) for v in values]
+            if values:
+                hit = col.isin(pa.array(values, type=f.arrow_type))
+                hit = pc.if_else(col.is_null(), pa.scalar(None, pa.bool_()), hit)  # null in (...) is null
+            else:
+                hit = _never(col)
             return hit if kind is ast.In else ~hit
         if kind not in _FLIP:
             raise self._refuse(whole, f"operator {_SYMBOL.get(kind, type(op).__name__)!r} is not supported")
         value = self.literal(right, f)
         if f.type == "bool" and kind in _ORDER:
             raise self._refuse(whole, f"field {f.name!r} is bool: use == or != (or the field alone)")
+        if f.type == "float":
+            value = _as_float(value)
+        elif f.type == "int":
+            kind, value = _int_comparison(kind, value)
+            if isinstance(value, bool):  # decided by the literal alone: true / false for every non-null row
+                return _always(col) if value else _never(col)
         return {ast.Eq: col.__eq__, ast.NotEq: col.__ne__, ast.Lt: col.__lt__, ast.LtE: col.__le__,
                 ast.Gt: col.__gt__, ast.GtE: col.__ge__}[kind](value)
 
@@ -205,7 +250,7 @@ class _Compiler:
     def field(self, node: ast.AST, name: str) -> Field:
         f = self.fields.get(name)
         if f is None:
-            raise FilterError(f"--filter: unknown field {name!r} (at character {node.col_offset + 1}); this "
+            raise FilterError(f"--filter: unknown field {name!r} (at character {self._at(node)}); this "
                               f"index's fields: {describe_fields(tuple(self.fields.values()))}")
         return f
 
@@ -236,9 +281,53 @@ class _Compiler:
             shown = {"number": "a number", "str": "a string", "bool": "true/false"}
             raise self._refuse(node, f"field {f.name!r} is {f.type} and cannot be compared with {shown[kind]}; "
                                      f"use {shown[ok]}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-            raise self._refuse(node, "integer out of the 64-bit range")
+        if isinstance(value, str):
+            check_text(value, f"--filter: {self._where(node)}", FilterError)
         return value
+
+
+# -- numbers: a literal compared with an int64 or float64 column, exactly (never through a cast
+# that loses digits or overflows: 2**62 + 1 == 4611686018427387905.0 is decided over integers) --
+
+def _always(col):
+    """True for every non-null row, null for a null one (SQL: a comparison with null is null)."""
+    return col == col
+
+
+def _never(col):
+    """False for every non-null row, null for a null one."""
+    return col != col
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond the double range
+        return math.inf if value > 0 else -math.inf
+
+
+def _exact_int(value: int | float) -> int | None:
+    """`value` as an int64 if it is one exactly (3, 3.0), else None (2.5, inf, 2**63)."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != math.floor(value):
+            return None
+        value = int(value)
+    return value if -INT64 <= value < INT64 else None
+
+
+def _int_comparison(kind: type, value: int | float) -> tuple[type, int | bool]:
+    """`int_column <kind> value` as the same comparison with an int64 literal, or (kind, True /
+    False) when every integer gives the same answer (`year < 1e999`, `year == 2.5`)."""
+    exact = _exact_int(value)
+    if exact is not None:
+        return kind, exact
+    if kind in (ast.Eq, ast.NotEq):  # no int64 equals 2.5, inf or 2**63
+        return kind, kind is ast.NotEq
+    if isinstance(value, float) and math.isfinite(value) and -INT64 <= value < INT64:
+        floor = math.floor(value)  # not an integer: x < 2.5 <=> x <= 2; x > 2.5 <=> x > 2
+        return {ast.Lt: ast.LtE, ast.LtE: ast.LtE, ast.Gt: ast.Gt, ast.GtE: ast.Gt}[kind], floor
+    above = value > 0  # beyond the int64 range (or infinite): every int64 is below it, or above
+    return kind, (kind in (ast.Lt, ast.LtE)) == above
 
 
 class FilterMasks:
@@ -267,6 +356,9 @@ class FilterMasks:
             if self._table is None:
                 self._table = self.reader.field_table()
             mask = flt.mask(self._table)
+            if not mask.any():  # once per filter (then cached): an empty result is not a silent mystery
+                log.warning("--filter %s keeps no document of this index (%d documents): every result is empty",
+                            _shown(text), mask.size)
             mask.setflags(write=False)
             self._masks[text] = mask
             if len(self._masks) > self.size:

@@ -5,6 +5,7 @@ scorer) with exactly min(k, matches) hits, in the API, the CLI, PyTerrier and th
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -149,6 +150,13 @@ def test_field_of_the_wrong_type_is_one_line_naming_document_and_field(tmp_path)
     path.write_text('{"_id": "d1", "text": "x", "metadata": {"y": 3}}\n{"_id": "d2", "text": "z", "metadata": null}\n')
     docs = list(read_documents(path, fields=(Field("metadata.y", "float"), Field("n", "int"))))
     assert [d.fields for d in docs] == [(3.0, None), (None, None)]
+    for bad, kind in (('"metadata": [{"y": 3}]', "list"), ('"metadata": "y=3"', "str"), ('"metadata": 3', "int")):
+        path.write_text('{"_id": "d1", "text": "x", "metadata": {}}\n{"_id": "d2", "text": "x", %s}\n' % bad)
+        with pytest.raises(SourceError, match=rf"c.jsonl:2: document 'd2': field 'metadata.y' .* looks inside "
+                                              rf"'metadata', which must be a JSON object or null, got {kind}$"):
+            list(read_documents(path, fields=(Field("metadata.y", "float"),)))  # never a silent null
+    path.write_text('{"_id": "d1", "text": "x", "m": {"a": null}}\n{"_id": "d2", "text": "x", "m": {}}\n')
+    assert [d.fields for d in read_documents(path, fields=(Field("m.a.b", "int"),))] == [(None,), (None,)]
     tsv = tmp_path / "c.tsv"
     tsv.write_text("d1\thello\n")
     with pytest.raises(SourceError, match="JSONL"):
@@ -196,12 +204,87 @@ F = tuple(Field(*s.split(":")) for s in FIELDS)
     ("year", "only a bool field stands alone"),
     ("", "empty"),
     ("year > 1\nor year < 0", "one line"),
+    ("year > 2000 # and draft", "'#' at character 13 is not part of the grammar"),  # not a silent comment
+    ("source == 'a#b' and year > 1 #", "'#' at character 30"),
 ])
 def test_bad_filters_are_one_line(text, match):
     with pytest.raises(FilterError, match=match) as exc:
         compile_filter(text, F)
     assert "\n" not in str(exc.value) and isinstance(exc.value, SearchError)
 
+
+# int64 values near 2**62 (beyond float64's exact integers) and small ones, with nulls
+BIG = 2**62
+_NUM_ROWS = {"n": [BIG, BIG + 1, BIG + 2, -BIG - 1, 3, 4, None, 2**63 - 1, -(2**63)],
+             "x": [0.5, 1.0, 2.5, -1.0, 3.0, 1e300, None, float(2**62), -2.5]}
+
+
+def _num_table():
+    import pyarrow as pa
+
+    return pa.table({"n": pa.array(_NUM_ROWS["n"], pa.int64()), "x": pa.array(_NUM_ROWS["x"], pa.float64())})
+
+
+NUM_FILTERS = [  # (filter, the same test in Python on a non-null value; null never matches)
+    (f"n == {BIG + 1}", lambda v: v == BIG + 1),
+    (f"n == {BIG + 1}.0", lambda v: v == BIG),  # that literal is the double 2**62 (as in Python)
+    (f"n < {BIG}.0", lambda v: v < BIG),
+    (f"n in ({BIG + 1}, 2.5)", lambda v: v == BIG + 1),
+    (f"n not in ({BIG + 1}, 1.5)", lambda v: v != BIG + 1),
+    ("n == 3.5", lambda v: False), ("n != 3.5", lambda v: True), ("not n == 3.5", lambda v: True),
+    ("n < 3.5", lambda v: v <= 3), ("n <= 3.5", lambda v: v <= 3), ("n > 3.5", lambda v: v >= 4),
+    ("n >= -3.5", lambda v: v >= -3), ("3.5 < n", lambda v: v >= 4), ("n > -3.5", lambda v: v > -4),
+    ("n < 1e999", lambda v: True), ("n > -1e999", lambda v: True), ("not n < 1e999", lambda v: False),
+    ("n < 100000000000000000000", lambda v: True), ("n >= 100000000000000000000", lambda v: False),
+    ("n > -100000000000000000000", lambda v: True), ("n == 9223372036854775808", lambda v: False),
+    ("n != 9223372036854775808", lambda v: True), ("n == 9223372036854775807", lambda v: v == 2**63 - 1),
+    ("n == -9223372036854775808", lambda v: v == -(2**63)), ("n < 1e300", lambda v: True),
+    ("n in (2.5, 1e999, 100000000000000000000)", lambda v: False),
+    ("n not in (2.5, 1e999)", lambda v: True), ("n in (3, 4.0)", lambda v: v in (3, 4)),
+    ("x < 100000000000000000000", lambda v: v < 1e20), ("x > 9223372036854775807", lambda v: v > 2.0**63),
+    ("x in (1, 3, 100000000000000000000)", lambda v: v in (1.0, 3.0)),
+    ("x == 4611686018427387904", lambda v: v == 2.0**62),
+    ("x <= -2", lambda v: v <= -2), ("x < 1e999", lambda v: True),
+]
+
+
+@pytest.mark.parametrize("text,test", NUM_FILTERS, ids=[t for t, _ in NUM_FILTERS])
+def test_numeric_literals_compare_exactly_with_int64_and_float64(text, test):
+    """Any number against an int64 column is decided over the integers (no cast through float that
+    loses digits or fails on values beyond 2**53; 2.5, inf and 10**20 are valid literals), a
+    float field takes integers of any size; a null row matches nothing, negated or not."""
+    from mice_index.sources.fields import Field
+
+    field = re.search(r"\b[nx]\b", text).group()
+    flt = compile_filter(text, (Field("n", "int"), Field("x", "float")))
+    want = [v is not None and bool(test(v)) for v in _NUM_ROWS[field]]
+    assert flt.mask(_num_table()).tolist() == want
+
+
+def test_string_literal_that_is_not_unicode_is_one_line():
+    from mice_index.sources.fields import Field
+
+    with pytest.raises(FilterError, match=r"not valid Unicode \(lone surrogate") as exc:
+        compile_filter("s == '\\ud800'", (Field("s", "str"),))  # the escape makes a lone surrogate
+    assert "\n" not in str(exc.value)
+
+
+def test_errors_quote_at_most_80_characters_of_a_long_filter():
+    long = "year == 1 and " * 250 + "year = 2"  # 3,508 characters, a syntax error at the end
+    for text in (long, "year == " + "-" * 3000 + "1"):
+        with pytest.raises(FilterError) as exc:
+            compile_filter(text, F)
+        assert len(str(exc.value)) < 200, str(exc.value)
+
+
+def test_error_positions_count_characters_not_bytes():
+    from mice_index.sources.fields import Field
+
+    fields = (Field("s", "str"), Field("n", "int"))
+    with pytest.raises(FilterError, match=r"unknown field 'foo' \(at character 16\)"):
+        compile_filter("s == 'ééé' and foo == 1", fields)
+    with pytest.raises(FilterError, match=r"\(at character 21\): field 'n' is int"):
+        compile_filter("s == 'ééé' and n == 'x'", fields)
 
 def test_filter_on_an_index_without_fields():
     with pytest.raises(FilterError, match="this index has no fields"):
@@ -212,6 +295,15 @@ def test_filter_on_an_index_without_fields():
 def test_filter_masks_equal_python(base, text):
     assert _searcher(base, rerank="none").allowed(text).tolist() == _mask(CASES[text]).tolist()
 
+
+
+def test_a_filter_keeping_no_document_warns_once(base, caplog):
+    s = _searcher(base, rerank="none")
+    with caplog.at_level("WARNING", logger="mice_index.filters"):
+        assert not s.allowed("year > 2200 and draft").any()
+        assert s.search(QUERIES[0], k=5, filter="year > 2200 and draft") == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--filter 'year > 2200 and draft' keeps no document of this index ({N} documents): every result is empty"]
 
 def test_null_semantics_and_chains(base):
     s = _searcher(base, rerank="none")
@@ -467,3 +559,19 @@ def test_static_slices_carry_the_fields(built, tmp_path):
     sliced = IndexReader.open(tmp_path / "sliced")
     assert sliced.fields == IndexReader.open(idx).fields
     assert sliced.field_table().equals(IndexReader.open(idx).field_table())
+
+
+def test_a_field_no_document_has_is_warned_at_build(built, tmp_path, caplog):
+    """`--field metadata.yaer:int` (a typo) leaves the column null everywhere: one warning, not silence."""
+    from mice_index.build import warn_empty_fields
+
+    assert warn_empty_fields(built[0]) == []  # every declared field of the fixture has values
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "bees", "metadata": {"year": 1}}\n{"_id": "b", "text": "wasps"}\n')
+    cfg = BuildConfig(model=str(built[0].parent / "mice"), codec="fp32", dtype="fp32", dense="none",
+                      fields=("metadata.yaer:int", "metadata.year:int"))
+    with caplog.at_level("WARNING", logger="mice_index.build"):
+        build_index(corpus, tmp_path / "idx", cfg)
+    warned = [r.getMessage() for r in caplog.records if "null in all" in r.getMessage()]
+    assert warned == ["--field metadata.yaer:int is null in all 2 documents (no document has the key "
+                      "'metadata.yaer': a typo?); a filter on it keeps only `metadata.yaer is null`"]

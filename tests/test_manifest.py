@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -194,6 +195,49 @@ def test_unfinished_format2_build_resumes_after_upgrade(built, old, tmp_path):
     with pytest.raises(IndexError_, match="format 2.*mice-index upgrade --index"):
         build_index(sample_collection(), old, cfg)
     assert upgrade_index(old).changed
+    with pytest.raises(IndexError_, match=r"other settings \(fields: index no --field vs now --field year:int "
+                                          r"--field metadata.s:str\)"):  # the options as typed, not a repr
+        build_index(sample_collection(), old, replace(cfg, fields=("year:int", "metadata.s:str")))
     r = build_index(sample_collection(), old, cfg)
     assert r.encoded_docs == 0 and r.info["complete"] and r.info["format_version"] == 3
     assert read_manifest(old) == read_manifest(idx)
+
+
+def test_odd_index_folders_are_one_line(tmp_path, monkeypatch, capsys):
+    """A file given as --index, a folder where manifest.json should be, a shard.json that is a
+    folder: one line, exit 2 (read_json turns every OSError into one), in upgrade / info / search."""
+    (tmp_path / "file.jsonl").write_text("{}\n")
+    (tmp_path / "odd" / L.MANIFEST).mkdir(parents=True)
+    for cmd in (["upgrade"], ["info"], ["search", "--query", "bees"]):
+        cli_one_line(monkeypatch, capsys, [*cmd, "--index", str(tmp_path / "file.jsonl")],
+                     "is a file, not an index folder")
+        cli_one_line(monkeypatch, capsys, [*cmd, "--index", str(tmp_path / "odd")], "cannot read the index manifest",
+                     "Is a directory")
+    with pytest.raises(IndexError_, match="shard metadata"):
+        L.read_json(tmp_path / "odd" / L.MANIFEST, "shard metadata")
+
+
+def test_user_text_is_printed_verbatim_never_as_rich_markup_or_emoji(old, tmp_path, monkeypatch, capsys):
+    """`:date:` is an emoji code and `[x]` a markup tag for rich: a typed `--field year:date` and
+    an index folder named `o[x]:date:` must come back as typed, in errors and summaries."""
+    cli_one_line(monkeypatch, capsys, ["build", "--corpus", str(tmp_path / "c.jsonl"), "--index", str(tmp_path / "i"),
+                                       "--field", "year:date"], "--field year:date: unknown type 'date'")
+    odd = tmp_path / "o[x]:date:"
+    old.rename(odd)
+    monkeypatch.setattr(sys, "argv", ["mice-index", "upgrade", "--index", str(odd)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert f"upgraded {odd}: index format 2 → 3" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("spec", [{"name": "class", "type": "int"}, {"name": "year", "type": "date"},
+                                  {"name": "title", "type": "str"}])
+def test_a_manifest_field_build_would_refuse_is_a_damaged_manifest(built, tmp_path, spec):
+    """Not a `--field ...` message at search time (the user typed no --field): the manifest is damaged."""
+    m = json.loads((built[0] / L.MANIFEST).read_text())
+    m["settings"]["fields"] = [spec]
+    _write(tmp_path / L.MANIFEST, m)
+    with pytest.raises(IndexError_, match=rf"malformed manifest \(settings.fields: {spec['name']}:{spec['type']} is "
+                                          rf"not a field `build --field` accepts\).*damaged"):
+        read_manifest(tmp_path)

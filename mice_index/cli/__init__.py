@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)
 
 # Command modules (each adds its commands to `app`).
 from mice_index.cli import score as _score  # noqa: E402,F401

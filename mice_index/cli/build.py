@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mice_index.cli import app
 from mice_index.cli.progress import task_progress
@@ -133,7 +134,7 @@ def build_command(
         prune=prune, overwrite=overwrite, passages=window_stride,
         id_field=id_field, text_field=text_field, title_field=title_field, fields=fields,
     )
-    console = Console(stderr=True)
+    console = Console(stderr=True, emoji=False)
     with task_progress("encode", "docs", console, quiet=quiet) as progress, os_errors(index, "building the index"):
         hooks = {"progress": progress.advance, "total_callback": progress.set_total}
         if wants_distributed(engine, num_shards, shard_id):
@@ -144,10 +145,10 @@ def build_command(
     if result is None:  # one static slice: its summary is printed by build_distributed
         return
     info = result.info
-    out = Console()
+    out = Console(emoji=False)
     rate = result.encoded_docs / result.seconds if result.seconds else 0.0
     out.print(
-        f"[bold green]built[/] {info['path']}: {info['num_docs']:,} {'passages' if info.get('passages') else 'documents'}, "
+        f"[bold green]built[/] {escape(str(info['path']))}: {info['num_docs']:,} {'passages' if info.get('passages') else 'documents'}, "
         f"{info['num_tokens']:,} tokens "
         f"({info['truncated_docs']:,} truncated, {info['empty_docs']:,} empty), codec {info['codec']} "
         f"({info['bytes_per_token']} B/token on disk), {_fmt_bytes(info['disk_bytes'])}; "
@@ -177,6 +178,7 @@ def info_command(
 ) -> None:
     """Summarise an index (works on unfinished ones too)."""
     from rich.table import Table
+    from rich.text import Text
 
     info = index_info(index)
     if verify:
@@ -185,7 +187,7 @@ def info_command(
     if as_json:
         typer.echo(json.dumps(info))
         return
-    table = Table(title=f"index {info['path']}", show_header=False)
+    table = Table(title=f"index {escape(str(info['path']))}", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     rows = [
@@ -215,5 +217,5 @@ def info_command(
         ("format / library", f"{info['format_version']} / {info['library_version']}"),
     ]
     for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
+        table.add_row(k, Text(str(v)))  # paths, model names: never read as markup
+    Console(emoji=False).print(table)

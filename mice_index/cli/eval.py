@@ -46,7 +46,7 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps(values))
         return
-    console = Console()
+    console = Console(emoji=False)
     console.print(f"run [bold]{run}[/] vs qrels [bold]{qrels}[/]", highlight=False, soft_wrap=True)
     table = Table()
     table.add_column("metric")

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mice_index.cli import app
 from mice_index.errors import os_errors
@@ -27,6 +28,7 @@ def merge_command(
     if as_json:
         typer.echo(json.dumps(info))
         return
-    Console().print(f"[bold green]merged[/] {info['path']}: {info['num_docs']:,} documents in {info['num_shards']} "
-                    f"shards, {info['num_tokens']:,} tokens, codec {info['codec']}, complete", highlight=False,
-                    soft_wrap=True)
+    Console(emoji=False).print(f"[bold green]merged[/] {escape(str(info['path']))}: {info['num_docs']:,} documents in "
+                               f"{info['num_shards']} "
+                               f"shards, {info['num_tokens']:,} tokens, codec {info['codec']}, complete", highlight=False,
+                               soft_wrap=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mice_index.cli import app
 from mice_index.errors import SearchError
@@ -45,6 +46,7 @@ def score_command(
                               "and use `mice-index search` instead")
     import torch
     from rich.table import Table
+    from rich.text import Text
 
     from mice_index.defaults import load_model
     from mice_index.explain import highlight_snippet
@@ -59,9 +61,10 @@ def score_command(
         for rank, i in enumerate(order, 1):
             typer.echo(json.dumps({"rank": rank, "doc_id": docs[i].doc_id, "score": round(scores[i].item(), 6)}))
         return
-    table = Table(title=f"MICE scores for {query!r}")
+    table = Table(title=f"MICE scores for {escape(repr(query))}")
     for col, justify in (("rank", "right"), ("doc id", "left"), ("score", "right"), ("document", "left")):
         table.add_column(col, justify=justify)
     for rank, i in enumerate(order, 1):
-        table.add_row(str(rank), docs[i].doc_id, f"{scores[i].item():.4f}", highlight_snippet(texts[i], (), 80)[0])  # cut at 80 characters with "…"
-    Console().print(table)
+        table.add_row(str(rank), Text(docs[i].doc_id), f"{scores[i].item():.4f}",
+                      Text(highlight_snippet(texts[i], (), 80)[0]))  # cut at 80 characters with "…"
+    Console(emoji=False).print(table)

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mice_index.choices import AGGREGATES, CANDIDATES, QUANTIZE, RERANKERS, check_positive, check_search_options
 from mice_index.cli import app
@@ -134,7 +135,7 @@ def search_command(
     from mice_index.runs import write_run
 
     searcher = Searcher.open(index, model=model, config=config)
-    console = Console(stderr=True)
+    console = Console(stderr=True, emoji=False)
     with task_progress("search", "queries", console, transient=True) as bar:
         bar.set_total(len(qs))
         results = searcher.search_many(qs, k=k, progress=bar.advance, filter=filter_)
@@ -162,7 +163,7 @@ def _print_hits(query: str, hits, explanations, as_json: bool, pipeline: str) ->
     if as_json:
         typer.echo(json.dumps([hit_record(h, e) for h, e in zip(hits, explanations)]))
         return
-    table = Table(title=f"{query!r} — {pipeline}")
+    table = Table(title=f"{escape(repr(query))} — {pipeline}")
     for col, justify in (("rank", "right"), ("doc id", "left"), ("score", "right"), ("snippet", "left")):
         table.add_column(col, justify=justify)
     for h, e in zip(hits, explanations):
@@ -178,5 +179,5 @@ def _print_hits(query: str, hits, explanations, as_json: bool, pipeline: str) ->
         if h.passage is not None:  # a passage index: which passage of the document this is
             cell = Text.assemble((f"passage {h.passage[0]} (characters {h.passage[1]}–{h.passage[2]})", "dim"),
                                  "\n", cell)
-        table.add_row(str(h.rank), h.doc_id, f"{h.score:.4f}", cell)
-    Console().print(table)
+        table.add_row(str(h.rank), Text(h.doc_id), f"{h.score:.4f}", cell)
+    Console(emoji=False).print(table)

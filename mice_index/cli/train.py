@@ -44,7 +44,7 @@ def train_command(
     if full:
         overrides.append("model.freeze_bottom=False")
     cfg = load_config(config, overrides)
-    console = Console(stderr=True)
+    console = Console(stderr=True, emoji=False)
     with os_errors(cfg.output, "writing the training output"):
         result = Trainer(cfg, progress=not quiet, console=console).train()
     console.print(f"model written to [bold]{result.model_dir}[/] after {result.steps} steps "

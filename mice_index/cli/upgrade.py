@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mice_index.cli import app
 from mice_index.errors import os_errors
@@ -23,8 +24,10 @@ def upgrade_command(
     with os_errors(index, "upgrading the index"):
         r = upgrade_index(index)
     if r.changed:
-        Console().print(f"[bold green]upgraded[/] {r.path}: index format {r.from_version} → {r.to_version}",
-                        highlight=False, soft_wrap=True)
+        Console(emoji=False).print(f"[bold green]upgraded[/] {escape(str(r.path))}: index format {r.from_version} → "
+                                   f"{r.to_version}",
+                                   highlight=False, soft_wrap=True)
     else:
-        Console().print(f"{r.path}: already current (index format {r.to_version}); nothing to do",
-                        highlight=False, soft_wrap=True)
+        Console(emoji=False).print(f"{escape(str(r.path))}: already current (index format {r.to_version}); "
+                                   "nothing to do",
+                                   highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from mice_index.build import BuildConfig, BuildResult
 from mice_index.errors import MiceIndexError
@@ -47,11 +48,11 @@ def build_distributed(corpus: str, index, config: BuildConfig, *, engine: str, r
     _total(corpus, total_callback, count_documents)
     r = build_slice(corpus, index, config, num_shards, shard_id, progress=progress)  # type: ignore[arg-type]
     rate = r.encoded_docs / r.seconds if r.seconds else 0.0
-    Console().print(
-        f"[bold green]slice {r.slice_id} of {r.num_slices} done[/] in {r.path}: build shards "
+    Console(emoji=False).print(
+        f"[bold green]slice {r.slice_id} of {r.num_slices} done[/] in {escape(str(r.path))}: build shards "
         f"{', '.join(map(str, r.shards)) or 'none'} of a {r.num_docs:,}-document corpus; encoded "
         f"{r.encoded_docs:,} documents in {r.seconds:.1f} s ({rate:,.0f} docs/s). When every slice is done: "
-        f"mice-index merge --index {r.path}", highlight=False, soft_wrap=True)
+        f"mice-index merge --index {escape(str(r.path))}", highlight=False, soft_wrap=True)
     return None
 
 

@@ -1,7 +1,8 @@
 """Document fields (metadata) declared at build time: `--field year:int --field metadata.source:str`.
 
 A field is read from a JSONL document's key (a dotted name is a path into nested objects, e.g.
-BEIR's ``metadata``); a missing key or JSON ``null`` is null. A value of another type than the
+BEIR's ``metadata``); a missing key or JSON ``null`` is null (at any level of the path; a level
+that is another value than an object is refused). A value of another type than the
 declared one is refused (SourceError naming file, line, document id and field), never converted:
 ``"2020"`` is not an int. Types (JSON → Arrow):
 
@@ -100,8 +101,14 @@ def field_values(obj: dict[str, Any], fields: tuple[Field, ...], path: Path | st
     out = []
     for f in fields:
         value: Any = obj
-        for key in f.name.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
+        keys = f.name.split(".")
+        for depth, key in enumerate(keys):
+            if not isinstance(value, dict):  # `metadata.year` through a metadata that is a list or a string
+                parent = ".".join(keys[:depth])
+                raise SourceError(f"{path}:{lineno}: document {doc_id!r}: field {f.name!r} (--field {f.name}:{f.type}) "
+                                  f"looks inside {parent!r}, which must be a JSON object or null, got "
+                                  f"{type(value).__name__}")
+            value = value.get(key)
             if value is None:
                 break
         if value is not None:

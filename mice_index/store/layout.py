@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mice_index.errors import IndexError_, os_errors
+from mice_index.errors import IndexError_, os_errors, storage_error
 
 # 2: every inner zarr chunk carries a crc32c (format 1 had none; still read). 3: the typed manifest
 # (store/manifest.py) with optional fields / passages / tombstones; a format-2 manifest is read as is
@@ -193,6 +193,9 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         raise IndexError_(f"{path}: missing {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise damaged(path, f"corrupt {what} ({exc})") from None
+    except OSError as exc:  # a folder in the file's place, unreadable, an I/O error: one line, never a traceback
+        raise (storage_error(exc, path, f"reading the {what.split(' (')[0]}")
+               or IndexError_(f"{path}: cannot read the {what.split(' (')[0]} ({exc.strerror or exc})")) from None
 
 
 def sha256_file(path: Path) -> str:

@@ -126,6 +126,17 @@ class FieldSpec:
     name: str
     type: str
 
+    def __post_init__(self) -> None:
+        """ValueError (read_manifest: a damaged manifest) for a name or type `build --field` refuses."""
+        from mice_index.errors import MiceIndexError
+        from mice_index.sources.fields import Field
+
+        try:
+            Field(self.name, self.type)
+        except MiceIndexError:
+            raise ValueError(f"settings.fields: {self.name}:{self.type} is not a field `build --field` "
+                             f"accepts") from None
+
 
 @dataclass(frozen=True)
 class Passages:
@@ -275,6 +286,8 @@ def read_manifest(root: str | Path) -> Manifest:
         if (staging / L.MANIFEST).is_file():
             raise IndexError_(f"{root}: index folder not found, but {staging} holds its rebuilt copy (a `build "
                               f"--overwrite` was stopped while swapping folders): rename {staging} to {root}")
+        if root.exists():
+            raise IndexError_(f"{root}: is a file, not an index folder")
         raise IndexError_(f"{root}: index folder not found")
     path = root / L.MANIFEST
     manifest = L.read_json(path, "index manifest (not an index folder, or the build never started)")
