@@ -30,11 +30,13 @@ from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
 from mice_index.sources.fields import Field, check_fields, parse_field
+from mice_index.sources.passages import check_passages, store_rows
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
 from mice_index.store.candidates_build import build_candidates
 from mice_index.store.codecs import load_codec, save_codec
-from mice_index.store.manifest import (CodecInfo, DenseInfo, FieldSpec, Manifest, ModelInfo, Settings, ShardEntry,
+from mice_index.store.manifest import (CodecInfo, DenseInfo, FieldSpec, Manifest, ModelInfo, Passages, Settings,
+                                       ShardEntry,
                                        complete_index_error, index_info, new_manifest, read_manifest, write_manifest)
 from mice_index.store.writer import ShardWriter
 
@@ -75,12 +77,22 @@ class BuildConfig:
     # NAME a JSONL key or a dotted path into nested objects (sources/fields.py); stored as columns
     # of the document table and recorded in the manifest (Settings.fields)
     fields: tuple[str, ...] = ()
+    # long documents as passages (mice_index/sources/passages.py): (window W, stride S) in tokens of
+    # the text; each window is its own store row with the document's doc_id; None: one row per
+    # document, cut at max_doc_length (the paper's form)
+    passages: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.fields, str):
             raise MiceIndexError("BuildConfig.fields is a tuple of 'NAME:TYPE' strings, got one string")
         self.field_specs()  # a bad --field spec -> one-line error before any work
         resolve_codec_name(self.codec)  # unknown codec -> CodecError before anything is loaded
+        if self.passages is not None:  # S > W, W or S < 1: one line before any work (the model's limit: _Builder)
+            if isinstance(self.passages, (str, bytes)) or not hasattr(self.passages, "__len__") \
+                    or len(self.passages) != 2:
+                raise MiceIndexError(f"passages must be a (window, stride) pair, got {self.passages!r}")
+            check_passages(*self.passages)
+            object.__setattr__(self, "passages", (int(self.passages[0]), int(self.passages[1])))  # e.g. a list
         if self.shard_docs < 1 or self.fit_tokens < 1:
             raise MiceIndexError("shard_docs and fit_tokens must be >= 1")
         if self.dense not in ("auto", "none"):
@@ -107,6 +119,12 @@ class BuildResult:
     seconds: float
 
 
+def _new_documents(rows) -> int:
+    """Documents that start among `rows` (a passage numbered 0, or a whole document): progress
+    counts documents, also when each is stored as several passages."""
+    return sum(1 for d in rows if getattr(d, "passage", 0) == 0)
+
+
 def _kill_hook(point: str) -> None:
     if os.environ.get(KILL_ENV) == point:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -118,7 +136,8 @@ def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> Settings:
             "seed", "id_field", "text_field", "title_field", "prune")
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     specs = tuple(FieldSpec(f.name, f.type) for f in cfg.field_specs())  # () = no fields
-    return Settings(codec=codec_name, max_doc_length=max_len, dtype=dtype, fields=specs,
+    passages = Passages(*cfg.passages) if cfg.passages else None  # None: one row per document
+    return Settings(codec=codec_name, max_doc_length=max_len, dtype=dtype, fields=specs, passages=passages,
                     **{k: getattr(cfg, k) for k in keys})
 
 
@@ -159,13 +178,18 @@ class _Builder:
         if not 3 <= self.max_len <= mc.max_position_embeddings:
             raise MiceIndexError(f"--max-doc-length must be in 3..{mc.max_position_embeddings} for this model, "
                                  f"got {self.max_len}")
+        if cfg.passages is not None:  # the window must fit the model with [CLS] and [SEP]
+            check_passages(*cfg.passages, max_tokens=self.max_len - 2)
         self.settings = _settings(cfg, self.max_len, self.codec_name)
         self.fingerprint = self.model.fingerprint()
 
     def docs(self) -> Iterator[Document]:
+        """The build's stream of store rows: the corpus's documents, or with `passages` each
+        document's passages (`split_documents`); every writer of rows reads it from here."""
         c = self.cfg
-        return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field,
+        docs = read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field,
                               fields=c.field_specs())
+        return store_rows(docs, self.model.tokenizer, c.passages)
 
     # -- index folder state --
     def prepare(self) -> Manifest | None:
@@ -262,6 +286,7 @@ class _Builder:
 
         for s in shards:
             path = self.root / L.SHARDS_DIR / s.name / L.DOCS
+            done = 0
             for row, stored in enumerate(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()):
                 doc = next(docs, None)
                 if doc is None or doc.doc_id != stored:
@@ -269,8 +294,9 @@ class _Builder:
                     raise IndexError_(f"{self.root}: the corpus differs from the one this unfinished index was "
                                       f"started with: row {s.start_row + row} is {stored!r} in the index, "
                                       f"{got} in {self.corpus}; pass --overwrite to start over")
+                done += _new_documents([doc])
             if self.progress:
-                self.progress(s.num_docs)
+                self.progress(done)
         if shards and shards[-1].num_docs < self.cfg.shard_docs:  # the last shard ended the corpus
             extra = next(docs, None)
             if extra is not None:
@@ -331,11 +357,11 @@ class _Builder:
             for win in encoder.windows(docs, start, S):
                 if writer is None:
                     writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec,
-                                         fields=self.cfg.field_specs())
+                                         fields=self.cfg.field_specs(), passages=self.cfg.passages is not None)
                 writer.add(win)
-                encoded += len(win.docs)
+                encoded += _new_documents(win.docs)
                 if self.progress:
-                    self.progress(len(win.docs))
+                    self.progress(_new_documents(win.docs))
                 if writer.num_docs == S:
                     commit()
             if writer is not None:

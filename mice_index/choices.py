@@ -7,18 +7,22 @@ from mice_index.errors import SearchError
 CANDIDATES = ("bm25", "dense", "hybrid")  # first-stage candidate generators (search.py)
 RERANKERS = ("mice", "none")
 QUANTIZE = ("auto", "none", "int8")
+AGGREGATES = ("maxp", "firstp", "sump")  # = mice_index.aggregate.AGGREGATIONS (passage indexes)
 DENSE_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")  # = candidates.dense.DenseKind  # MICE interaction layers (scorer.ScorerConfig.quantize)
 CODEC_NAMES = ("fp16", "fp32", "int8", "int8-dim", "opq", "opq32", "pq", "pq32", "rq", "rq26", "rq32",
                "compact")  # = mice_index.codec.codec_names()
 
 
-def check_search_options(candidates: str, rerank: str, depth: int | None = None, alpha: float | None = None) -> None:
-    """SearchError naming the option for an unknown candidate generator or re-ranker, a depth below
-    1 or an alpha outside [0, 1] (SearchConfig runs the same checks)."""
+def check_search_options(candidates: str, rerank: str, depth: int | None = None, alpha: float | None = None,
+                         aggregate: str = "maxp") -> None:
+    """SearchError naming the option for an unknown candidate generator, re-ranker or passage
+    aggregation, a depth below 1 or an alpha outside [0, 1] (SearchConfig runs the same checks)."""
     if candidates not in CANDIDATES:
         raise SearchError(f"unknown candidate generator {candidates!r}; choose one of {', '.join(CANDIDATES)}")
     if rerank not in RERANKERS:
         raise SearchError(f"unknown re-ranker {rerank!r}; choose one of {', '.join(RERANKERS)}")
+    if aggregate not in AGGREGATES:
+        raise SearchError(f"unknown --aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
     if depth is not None:
         check_positive("--depth", depth)
     if alpha is not None and not 0.0 <= alpha <= 1.0:

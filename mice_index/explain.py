@@ -252,7 +252,8 @@ def highlight_snippet(text: str, spans: Sequence[tuple[int, int]] = (), width: i
 
 def hit_record(hit, explanation: Explanation | None = None, width: int = 200) -> dict:
     """A search.Hit as a JSON-able record (`mice-index search --json` and the server share it):
-    rank, doc_id, score, title, snippet (of the text, without the title); with an explanation also
+    rank, doc_id, score, title, snippet (of the text, without the title), for a passage index
+    `passage` (number, char_start, char_end of the passage shown in the document); with an explanation also
     `highlights` ([start, end) offsets in the snippet of each query word's HIGHLIGHT_BEST best matches) and `matches` (query word -> the
     document words it attended to most, weights and their offsets in the document text)."""
     # the snippet is cut from the text alone (the title is its own field, shown apart): spans are
@@ -264,6 +265,9 @@ def hit_record(hit, explanation: Explanation | None = None, width: int = 200) ->
     snippet, marks = highlight_snippet(hit.text, spans, width)
     record = {"rank": hit.rank, "doc_id": hit.doc_id, "score": round(float(hit.score), 6),
               "title": hit.title, "snippet": snippet}
+    passage = getattr(hit, "passage", None)
+    if passage is not None:  # a passage index: the passage shown (its snippet) and its place in the document
+        record["passage"] = {"number": passage[0], "char_start": passage[1], "char_end": passage[2]}
     if explanation is not None:
         record["highlights"] = [list(m) for m in marks]
         record["matches"] = [{"query_word": m.query_word,

@@ -29,6 +29,8 @@ try:
 except ImportError as e:
     raise ImportError('mice_index.pyterrier needs PyTerrier (>= 1.0): pip install "mice-index[pyterrier]"') from e
 
+from mice_index.aggregate import AGGREGATIONS, PassageMap
+from mice_index.choices import check_search_options
 from mice_index.errors import IndexError_, SearchError
 from mice_index.store.generation import IndexChanged
 from mice_index.model import MiceModel
@@ -102,7 +104,7 @@ class MiceRetriever(pt.Transformer):
     def __init__(self, index: str | Path | Searcher, k: int | None = None, *,
                  model: MiceModel | str | None = None, filter: str | None = None, **options):
         self.searcher = _searcher(index, model, options)
-        self.k = None if k is None else clipped("k", k, k, self.searcher.reader.num_docs)
+        self.k = None if k is None else clipped("k", k, k, self.searcher.num_documents)
         self.filter = filter
         self.searcher.allowed(filter)  # FilterError now
 
@@ -146,11 +148,13 @@ class MiceReranker(pt.Transformer):
     (whose model and scorer settings are used); `scorer` overrides the scorer settings;
     `query_batch` queries are scored together. `alpha` interpolates the incoming first-stage
     `score` with MICE's, as `SearchConfig.alpha` does (None: the Searcher's setting, else the
-    model's recommended alpha; 0: pure MICE). The score is replaced, other columns kept."""
+    model's recommended alpha; 0: pure MICE). The score is replaced, other columns kept. Over a
+    passage index (`build --passages`) a docno's score aggregates its passages' MICE scores by
+    `aggregate` (maxp | firstp | sump, mice_index/aggregate.py; None: the Searcher's, else maxp)."""
 
     def __init__(self, index: str | Path | Searcher, *, model: MiceModel | str | None = None,
                  scorer: ScorerConfig | None = None, query_batch: int | None = None,
-                 alpha: float | None = None):
+                 alpha: float | None = None, aggregate: str | None = None):
         if isinstance(index, Searcher):
             searcher = _searcher(index, model, {})
             if searcher.model is None:
@@ -164,6 +168,10 @@ class MiceReranker(pt.Transformer):
         self.alpha = resolve_alpha(config.alpha if alpha is None else alpha, mice)
         if not 0.0 <= self.alpha <= 1.0:
             raise SearchError(f"MiceReranker: alpha must be in [0, 1], got {self.alpha}")
+        how = config.aggregate if aggregate is None else aggregate
+        check_search_options(config.candidates, config.rerank, aggregate=how)
+        self.aggregation = AGGREGATIONS[how]
+        self.passages = PassageMap(**self.reader.passage_columns()) if self.reader.passages else None
 
     def __repr__(self) -> str:
         return f"MiceReranker({self.reader.root})"
@@ -185,11 +193,21 @@ class MiceReranker(pt.Transformer):
         for i in range(0, len(groups), self.query_batch):
             batch = groups[i:i + self.query_batch]
             texts = [str(inp["query"].iat[g[0]]) for g in batch]
-            for g, s in zip(batch, self.scorer.score(texts, [rows[g] for g in batch])):
+            for g, s in zip(batch, self._score(texts, [rows[g] for g in batch])):
                 scores[g] = s if first is None else interpolate(first[g], s, self.alpha)
         out = inp.reset_index(drop=True)
         out["score"] = scores
         return _ranked(out)[columns]
+
+    def _score(self, texts: list[str], rows: list[np.ndarray]) -> list[np.ndarray]:
+        """MICE scores of each query's docnos (given as rows): of the row itself, or over a passage
+        index the aggregation of the document's passages' scores."""
+        pm, how = self.passages, self.aggregation
+        if pm is None:
+            return self.scorer.score(texts, rows)
+        docs = [pm.doc_of[r] for r in rows]
+        passages = [np.concatenate([pm.rows(int(d), how.first_only) for d in ds]) for ds in docs]
+        return [pm.aggregate(how, ds, p, s)[0] for ds, p, s in zip(docs, passages, self.scorer.score(texts, passages))]
 
     def _row(self, docno) -> int:
         try:

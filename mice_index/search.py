@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mice_index.aggregate import AGGREGATIONS, PassageMap
 from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig, interpolate
 from mice_index.choices import check_positive, check_search_options
 from mice_index.errors import IndexError_, SearchError
@@ -53,9 +54,12 @@ class SearchConfig:
     # interpolation weight of the first-stage score: alpha·z(first stage) + (1−alpha)·z(MICE), per
     # query over its candidates; 0 = pure MICE; None = the model's recommended_alpha (else 0)
     alpha: float | None = None
+    # a passage index (build --passages): how a document's score comes from its passages' scores
+    # (mice_index/aggregate.py: maxp, firstp, sump); no effect on an index of one row per document
+    aggregate: str = "maxp"
 
     def __post_init__(self):
-        check_search_options(self.candidates, self.rerank, self.depth, self.alpha)
+        check_search_options(self.candidates, self.rerank, self.depth, self.alpha, self.aggregate)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,10 @@ class Hit:
     score: float
     row: int
     title: str
-    text: str
+    text: str  # a passage index: the text of the passage shown (`passage`)
+    # a passage index: (passage number, char_start, char_end) of the passage that decided the score
+    # (maxp, sump: the best one; firstp: the first), its span in the document's text; else None
+    passage: tuple[int, int, int] | None = None
 
 
 class Searcher:
@@ -78,7 +85,10 @@ class Searcher:
 
     def __init__(self, reader, model: MiceModel | None, config: SearchConfig, dense_query_encoder=None):
         self.reader, self.model, self.config = reader, model, config
-        config = replace(config, depth=clipped("--depth", config.depth, DEFAULT_DEPTH, reader.num_docs))
+        # a passage index: rows are passages, and k, depth and runs count documents (aggregate.py)
+        self._passages = PassageMap(**reader.passage_columns()) if getattr(reader, "passages", None) else None
+        self.num_documents = self._passages.num_docs if self._passages is not None else reader.num_docs
+        config = replace(config, depth=clipped("--depth", config.depth, DEFAULT_DEPTH, self.num_documents))
         self.config = config
         want_bm25, dense = config.candidates in ("bm25", "hybrid"), reader.dense_path
         if hasattr(reader, "check_candidates"):  # their files against the manifest's crc32c
@@ -189,15 +199,16 @@ class Searcher:
                      filter: str | None = None) -> list[list[Hit]]:
         """Free-text queries searched together (one first-stage call, one scorer call) -> per query
         its top-k hits, each list equal to `search` on that query alone (k and filter as there)."""
-        k = clipped("--k", k, 10, self.reader.num_docs)
+        k = clipped("--k", k, 10, self.num_documents)
         results = self._search_batch([Query(str(i), t) for i, t in enumerate(queries)], k, remove_query_id=False,
                                      allowed=self.allowed(filter))
         out = []
+        pm = self._passages
         for result in results.values():
             rows = [r for r, _ in result]
             docs = self.reader.texts(rows) if rows else []
             ids = self.reader.doc_ids_of(rows) if rows else []
-            out.append([Hit(i + 1, d, s, r, t, x)
+            out.append([Hit(i + 1, d, s, r, t, x, pm.span(r) if pm is not None else None)
                         for i, ((r, s), d, (t, x)) in enumerate(zip(result, ids, docs))])
         return out
 
@@ -212,7 +223,7 @@ class Searcher:
         if not queries:
             raise SearchError("no queries to search")
         allowed = self.allowed(filter)
-        k = clipped("--k", k, self.config.depth, self.reader.num_docs)
+        k = clipped("--k", k, self.config.depth, self.num_documents)
         run: dict[str, list[ScoredDoc]] = {}
         step = self.config.query_batch
         for i in range(0, len(queries), step):
@@ -241,6 +252,8 @@ class Searcher:
         extra = 1 if remove else 0  # room for the skipped self-match
         texts = [q.text for q in queries]
         shared = self._shared_query_states(texts)  # one bottom pass for the dense stage and MICE
+        if self._passages is not None:
+            return self._search_passages(queries, texts, shared, k, remove, allowed)
         cands = self.candidates(texts, min(depth + extra, self.reader.num_docs), shared, allowed)
         lists = []
         for q, rows, scores in zip(queries, cands.rows, cands.scores):
@@ -256,6 +269,40 @@ class Searcher:
         for q, (rows, scores) in zip(queries, lists):
             order = ranked(rows, scores, k, self.reader.doc_ids_of)
             out[q.query_id] = [(int(rows[j]), float(scores[j])) for j in order]
+        return out
+
+    def _search_passages(self, queries: Sequence[Query], texts: list[str], shared, k: int,
+                         remove: bool, allowed: np.ndarray | None) -> dict[str, list[tuple[int, float]]]:
+        """`_search_batch` over a passage index (mice_index/aggregate.py): {query_id: [(row of the
+        passage shown, document score)]}, k distinct documents at most. `allowed` (bool over store
+        rows): a filter's rows; fields are per document, so a document's passages are all in or all
+        out, and aggregating all its passages stays within the filter."""
+        pm, depth, n = self._passages, self.config.depth, self.reader.num_docs
+        how = AGGREGATIONS[self.config.aggregate]
+        skip = [int(pm.doc_of[r]) if remove and (r := self._row_or_missing(q.query_id)) >= 0 else -1
+                for q in queries]
+        fetch = min(depth + (1 if remove else 0), n)  # passages; doubled until `depth` documents
+        while True:
+            cands = self.candidates(texts, fetch, shared, allowed)
+            picked = [pm.documents(rows, scores, depth, sk) for rows, scores, sk in zip(cands.rows, cands.scores, skip)]
+            short = [len(p[0]) < depth and int((rows >= 0).sum()) >= fetch for p, rows in zip(picked, cands.rows)]
+            if fetch >= n or not any(short):  # a list shorter than asked: its first stage has no more
+                break
+            fetch = min(2 * fetch, n)
+        if self._scorer is None:  # the first stage's document ranking: each document's best passage
+            lists = [(shown, first) for _, first, shown in picked]
+        else:
+            rows = [np.concatenate([pm.rows(int(d), how.first_only) for d in docs] or [np.zeros(0, np.int64)])
+                    for docs, _, _ in picked]
+            mice = self._scorer.score(texts, rows, shared)
+            lists = []
+            for (docs, first, _), r, s in zip(picked, rows, mice):
+                agg, shown = pm.aggregate(how, docs, r, s)
+                lists.append((shown, interpolate(first, agg, self.alpha)))
+        out = {}
+        for q, (shown, scores) in zip(queries, lists):
+            order = ranked(shown, scores, k, self.reader.doc_ids_of)
+            out[q.query_id] = [(int(shown[j]), float(scores[j])) for j in order]
         return out
 
     def _row_or_missing(self, doc_id: str) -> int:

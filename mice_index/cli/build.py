@@ -63,6 +63,11 @@ def build_command(
     prune: Annotated[str, typer.Option("--prune", help="Document-token pruning after the bottom layers: none "
                                        "(every token, the paper's form) or stopwords (punctuation and "
                                        "stopword states dropped; fewer bytes, faster search; BENCHMARKS.md).")] = "none",
+    passages: Annotated[str | None, typer.Option("--passages", help="Long documents as passages: W,S splits each "
+                                                 "document's text into windows of W tokens with stride S (S <= W, "
+                                                 "W <= the model's document length - 2), each its own row with the "
+                                                 "title; search ranks documents (--aggregate) \\[default: none: "
+                                                 "one row per document, cut at --max-doc-length].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing index. \\[default: off]")] = False,
     id_field: Annotated[str, typer.Option("--id-field", help="JSONL field holding the document id.")] = "_id",
     text_field: Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")] = "text",
@@ -110,6 +115,11 @@ def build_command(
 
     if prune not in PRUNE_RULES:
         raise MiceIndexError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {prune!r}")
+    window_stride = None
+    if passages is not None:
+        from mice_index.sources.passages import parse_passages
+
+        window_stride = parse_passages(passages)  # malformed, S > W, < 1: one line (the model's limit: later)
     if not overwrite and num_shards is None and (err := complete_index_error(index)) is not None:
         raise err
     _peek_corpus(corpus, id_field, text_field, title_field, fields)
@@ -121,7 +131,7 @@ def build_command(
         model=None if model == "default" else model, codec=codec, max_doc_length=max_doc_length,
         batch_tokens=batch_tokens, device=device, dtype=dtype, shard_docs=shard_docs,  # type: ignore[arg-type]
         dense=dense, dense_kind=dense_kind, dense_nprobe=dense_nprobe,  # type: ignore[arg-type]
-        prune=prune, overwrite=overwrite,
+        prune=prune, overwrite=overwrite, passages=window_stride,
         id_field=id_field, text_field=text_field, title_field=title_field, fields=fields,
     )
     console = Console(stderr=True, emoji=False)
@@ -138,7 +148,7 @@ def build_command(
     out = Console(emoji=False)
     rate = result.encoded_docs / result.seconds if result.seconds else 0.0
     out.print(
-        f"[bold green]built[/] {escape(str(info['path']))}: {info['num_docs']:,} documents, "
+        f"[bold green]built[/] {escape(str(info['path']))}: {info['num_docs']:,} {'passages' if info.get('passages') else 'documents'}, "
         f"{info['num_tokens']:,} tokens "
         f"({info['truncated_docs']:,} truncated, {info['empty_docs']:,} empty), codec {info['codec']} "
         f"({info['bytes_per_token']} B/token on disk), {_fmt_bytes(info['disk_bytes'])}; "
@@ -183,7 +193,10 @@ def info_command(
     rows = [
         ("complete", "yes" if info["complete"] else "[yellow]no[/] (being built: another process holds the lock)"
          if info["building"] else "[red]no[/] (re-run the build to finish it)"),
-        ("documents", f"{info['num_docs']:,} in {info['num_shards']} shards"),
+        ("documents", f"{info['num_docs']:,} in {info['num_shards']} shards") if not info.get("passages") else
+        ("passages", f"{info['num_docs']:,} in {info['num_shards']} shards (documents as windows of "
+                     f"{info['passages']['window']} tokens, stride {info['passages']['stride']}; the counts "
+                     "below are of passages)"),
         ("tokens", f"{info['num_tokens']:,} ({info['truncated_docs']:,} docs truncated at "
                    f"{info['max_doc_length']}, {info['empty_docs']:,} empty)"),
         ("token pruning", info["prune"] if info["prune"] == "none" else f"{info['prune']} (stopword and punctuation "

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mice_index.choices import CANDIDATES, QUANTIZE, RERANKERS, check_positive, check_search_options
+from mice_index.choices import AGGREGATES, CANDIDATES, QUANTIZE, RERANKERS, check_positive, check_search_options
 from mice_index.cli import app
 from mice_index.errors import SearchError, os_errors
 from mice_index.store.manifest import read_manifest
@@ -34,14 +34,15 @@ def check_dtype_device(dtype: str, device: str) -> None:
 
 
 def search_config(candidates: str, depth: int | None, rerank: str, dtype: str, device: str,
-                  alpha: float | None = None, remove_query: bool = False, quantize: str = "auto"):
+                  alpha: float | None = None, remove_query: bool = False, quantize: str = "auto",
+                  aggregate: str = "maxp"):
     """The SearchConfig for the CLI's search options (`search` and `serve` share them)."""
     from mice_index.scorer import ScorerConfig
     from mice_index.search import SearchConfig
 
     check_dtype_device(dtype, device)
     return SearchConfig(candidates=candidates, depth=depth, rerank=rerank, alpha=alpha,  # type: ignore[arg-type]
-                        remove_query_id=remove_query,
+                        remove_query_id=remove_query, aggregate=aggregate,
                         scorer=ScorerConfig(dtype=dtype, device=device, quantize=quantize))  # type: ignore[arg-type]
 
 
@@ -61,6 +62,10 @@ def search_command(
     alpha: Annotated[Optional[float], typer.Option(
         "--alpha", help="Interpolation weight of the first-stage score: alpha·z(first stage) + "
         "(1−alpha)·z(MICE) per query; 0 = pure MICE \\[default: the model's recommended alpha].")] = None,
+    aggregate: Annotated[str, typer.Option(
+        "--aggregate", help=f"Passage index (build --passages): a document's score from its passages' "
+        f"MICE scores: {'|'.join(AGGREGATES)} (best passage, first passage, sum; Dai & Callan 2019); "
+        "--depth and --k count documents. No effect on an index built without passages.")] = "maxp",
     model: Annotated[Optional[str], typer.Option("--model", help="MICE model \\[default: the index's model].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="MICE scoring: auto (bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
@@ -99,7 +104,7 @@ def search_command(
             if given:
                 raise SearchError(f"{option} works with one --query; batch mode (--queries) writes a TREC run")
     check_dtype_device(dtype, device)
-    check_search_options(candidates, rerank, depth, alpha)
+    check_search_options(candidates, rerank, depth, alpha, aggregate)
     if k is not None:
         check_positive("--k", k)
     if quantize not in QUANTIZE:
@@ -117,7 +122,7 @@ def search_command(
 
         qs = list(read_queries(queries))  # a bad queries file is refused before torch is imported
     config = search_config(candidates, depth, rerank, dtype, device, alpha=alpha, remove_query=remove_query,
-                           quantize=quantize)
+                           quantize=quantize, aggregate=aggregate)
     from mice_index.search import Searcher
 
     if query is not None:
@@ -171,5 +176,8 @@ def _print_hits(query: str, hits, explanations, as_json: bool, pipeline: str) ->
         if e is not None:
             cell.append("\n" + "; ".join(f"{m['query_word']} → " + (", ".join(w["word"] for w in m["words"]) or "–")
                                          for m in record["matches"]), style="dim")
+        if h.passage is not None:  # a passage index: which passage of the document this is
+            cell = Text.assemble((f"passage {h.passage[0]} (characters {h.passage[1]}–{h.passage[2]})", "dim"),
+                                 "\n", cell)
         table.add_row(str(h.rank), Text(h.doc_id), f"{h.score:.4f}", cell)
     Console(emoji=False).print(table)

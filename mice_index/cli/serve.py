@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mice_index.choices import CANDIDATES, QUANTIZE, RERANKERS, check_positive, check_search_options
+from mice_index.choices import AGGREGATES, CANDIDATES, QUANTIZE, RERANKERS, check_positive, check_search_options
 from mice_index.cli import app, err_console
 from mice_index.cli.search import QUANTIZE_HELP, check_dtype_device, search_config
 from mice_index.errors import MiceIndexError
@@ -29,6 +29,8 @@ def serve_command(
     depth: Annotated[Optional[int], typer.Option("--depth", help="Default candidates per query re-ranked by MICE "
                                                  "\\[default: min(100, corpus size)].")] = None,
     rerank: Annotated[str, typer.Option("--rerank", help=f"Default re-ranker: {'|'.join(RERANKERS)}.")] = "mice",
+    aggregate: Annotated[str, typer.Option("--aggregate", help=f"Passage index: default passage aggregation "
+                                           f"({'|'.join(AGGREGATES)}); no effect without passages.")] = "maxp",
     dtype: Annotated[str, typer.Option("--dtype", help="MICE scoring: auto (bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, else fp32), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda.")] = "auto",
     quantize: Annotated[str, typer.Option("--quantize", help=QUANTIZE_HELP)] = "auto",
@@ -55,7 +57,7 @@ def serve_command(
         raise MiceIndexError("--batch-window-ms must be >= 0, --max-batch and --max-queue >= 1")
     # Checks that need no model come first, before torch is imported (an error in < 0.5 s).
     check_dtype_device(dtype, device)
-    check_search_options(candidates, rerank, depth)
+    check_search_options(candidates, rerank, depth, aggregate=aggregate)
     check_positive("--k", k)
     if quantize not in QUANTIZE:
         raise MiceIndexError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
@@ -81,9 +83,10 @@ def serve_command(
 
     batch = BatchConfig(window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue)
     # the model is always loaded: requests may ask for MICE (or explanations) whatever the default
-    opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device, quantize=quantize))
+    opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device, quantize=quantize,
+                                                                     aggregate=aggregate))
     searcher = opened if rerank == "mice" else opened.with_config(rerank=rerank)
-    k = clipped("--k", k, 10, searcher.reader.num_docs)
+    k = clipped("--k", k, 10, searcher.num_documents)  # a passage index: documents
     log = logging.getLogger("mice_index.serve")  # one plain line per request, on stderr
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -26,6 +26,9 @@ def build_distributed(corpus: str, index, config: BuildConfig, *, engine: str, r
     """BuildResult for a whole build (Ray); None for one static slice (its summary is printed here)."""
     from mice_index.sources import count_documents
 
+    if config.passages is not None:  # their shard writers and manifests know nothing of passage rows yet
+        raise MiceIndexError("--passages is not supported with --engine ray or --num-shards/--shard-id yet; "
+                             "build a passage index with the local engine")
     if (num_shards is None) != (shard_id is None):
         raise MiceIndexError("--num-shards and --shard-id go together (slice i of N, pyserini's convention)")
     if engine == "ray":

@@ -66,6 +66,9 @@ class SearchRequest(BaseModel):
     alpha: float | None = Field(None, description="Weight of the first-stage score interpolated with MICE's "
                                                    "(where the library supports it).")
     explain: bool = Field(False, description="Also return which document words each query word attended to.")
+    aggregate: str | None = Field(None, description="A passage index: a document's score from its passages' "
+                                                    "(maxp | firstp | sump) [default: the server's]; no effect "
+                                                    "on an index without passages.")
     filter: str | None = Field(None, description="Metadata filter over the index's fields, e.g. \"year >= 2020 "
                                                  "and source in ('a','b')\" (README → Filters): only matching "
                                                  "documents are searched, min(k, matches) hits per query.")
@@ -82,6 +85,12 @@ class QueryWordOut(BaseModel):
     words: list[WordMatchOut]
 
 
+class PassageOut(BaseModel):
+    number: int = Field(description="The passage's number in its document (from 0).")
+    char_start: int = Field(description="Its [char_start, char_end) span in the document's text.")
+    char_end: int
+
+
 class HitOut(BaseModel):
     rank: int
     doc_id: str
@@ -90,6 +99,8 @@ class HitOut(BaseModel):
     snippet: str
     highlights: list[tuple[int, int]] | None = Field(None, description="[start, end) in the snippet (explain).")
     matches: list[QueryWordOut] | None = Field(None, description="Per query word, its best document words (explain).")
+    passage: PassageOut | None = Field(None, description="A passage index: the passage that decided the score "
+                                                         "(its text is the snippet's).")
 
 
 class ResultOut(BaseModel):
@@ -105,6 +116,7 @@ class SettingsOut(BaseModel):
     depth: int
     rerank: str
     alpha: float | None
+    aggregate: str = "maxp"
     filter: str | None = None
 
 
@@ -126,6 +138,7 @@ class Settings(NamedTuple):
     depth: int
     rerank: str
     alpha: float | None
+    aggregate: str = "maxp"
     filter: str | None = None  # a metadata filter (its mask is cached by the searcher)
 
 
@@ -154,12 +167,13 @@ class _Engine:
 
     @staticmethod
     def settings_of(config) -> Settings:
-        return Settings(config.candidates, config.depth, config.rerank, getattr(config, "alpha", None))
+        return Settings(config.candidates, config.depth, config.rerank, getattr(config, "alpha", None),
+                        config.aggregate)
 
     def searcher(self, s: Settings):
         s = s._replace(filter=None)  # one searcher per search configuration, whatever the filter
         if s not in self.variants:
-            changes = {"candidates": s.candidates, "depth": s.depth, "rerank": s.rerank}
+            changes = {"candidates": s.candidates, "depth": s.depth, "rerank": s.rerank, "aggregate": s.aggregate}
             if supports_alpha():
                 changes["alpha"] = s.alpha
             self.variants[s] = self.base.with_config(**changes)
@@ -262,7 +276,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 # the request parameters that share a CLI flag's name (the server's own options, e.g. --max-k, stay)
-_CLI_FLAG = re.compile(r"(?<![\w-])--(k|depth|candidates|rerank|alpha|explain|query|filter)\b(?!-)")
+_CLI_FLAG = re.compile(r"(?<![\w-])--(k|depth|candidates|rerank|alpha|explain|query|aggregate|filter)\b(?!-)")
 
 
 def _api_message(exc: Exception) -> str:
@@ -280,7 +294,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     engine = _Engine(searcher, chunk_work=limits.chunk_work)
     batcher = MicroBatcher(engine.run, batch)
     engine.between_passes = batcher.run_waiting
-    num_docs = searcher.reader.num_docs  # at start; requests read engine.base (reloaded with the index)
+    num_docs = searcher.num_documents  # at start; requests read engine.base (reloaded with the index)
     base = searcher.config
 
     @asynccontextmanager
@@ -318,7 +332,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
 
     @app.get("/health", summary="Liveness: the index and model are loaded.")
     def health() -> dict:
-        return {"status": "ok", "documents": engine.base.reader.num_docs, "pending": batcher.pending}
+        return {"status": "ok", "documents": engine.base.num_documents, "pending": batcher.pending}
 
     @app.get("/settings", response_model=ServerSettingsOut,
              summary="The server's defaults (from `mice-index serve` options) and what explain shows.")
@@ -327,6 +341,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
 
         name = model_name or searcher.reader.manifest.model.name
         return {"k": k, "candidates": base.candidates, "depth": base.depth, "rerank": base.rerank,
+                "aggregate": base.aggregate,
                 "alpha": resolve_alpha(base.alpha, engine.base.model), "model": display_model_name(name),
                 "bm25_fallback": "a query with no BM25 term (only stopwords?) gets dense candidates"
                                  if searcher.reader.dense_path is not None else "a query with no BM25 term is an error "
@@ -395,7 +410,8 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
             if value is not None and value > most:
                 raise SearchError(f"{name}: at most {most} on this server (--max-{name}), got {value}")
         changes = {name: value for name, value in
-                   (("candidates", req.candidates), ("depth", req.depth), ("rerank", req.rerank)) if value is not None}
+                   (("candidates", req.candidates), ("depth", req.depth), ("rerank", req.rerank),
+                    ("aggregate", req.aggregate)) if value is not None}
         if req.alpha is not None:
             if not supports_alpha():
                 raise SearchError("alpha: this version has no first-stage score interpolation")
@@ -404,7 +420,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         if config.rerank == "mice" and searcher.model is None:
             raise SearchError("rerank mice: this server was started without a MICE model (--rerank none)")
         # k and depth above the corpus size are clipped with a warning, as in the CLI
-        n = engine.base.reader.num_docs
+        n = engine.base.num_documents  # a passage index: documents, not its passage rows
         config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, n))
         k_ = clipped("--k", req.k, k, n)
         work = len(queries) * config.depth if config.rerank == "mice" else len(queries) * k_
@@ -431,9 +447,9 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     async def search_get(request: Request, q: list[str] = Query(..., description="Query text (repeatable)."),
                          k: int | None = None, candidates: str | None = None, depth: int | None = None,
                          rerank: str | None = None, alpha: float | None = None, explain: bool = False,
-                         filter: str | None = None):
+                         aggregate: str | None = None, filter: str | None = None):
         req = SearchRequest(q=q, k=k, candidates=candidates, depth=depth, rerank=rerank, alpha=alpha, explain=explain,
-                            filter=filter)
+                            aggregate=aggregate, filter=filter)
         return await _search(req, request)
 
     @app.get("/", include_in_schema=False)

@@ -27,6 +27,7 @@ class ServerSettingsOut(BaseModel):
     depth: int
     rerank: str
     alpha: float = Field(description="The interpolation weight in use (the model's recommendation unless set).")
+    aggregate: str = Field("maxp", description="Passage aggregation (maxp | firstp | sump); used by a passage index only.")
     model: str = Field(description="The MICE model's name (the shipped default's own name for 'default').")
     bm25_fallback: str = Field(description="What happens to a query with no BM25 term.")
     explain: ExplainOut

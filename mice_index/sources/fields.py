@@ -36,7 +36,8 @@ _ACCEPT: dict[str, tuple[tuple[type, ...], str]] = {
 FIELD_TYPES = tuple(_ACCEPT)
 # columns of the document table, and the grammar's literals: a field cannot take these names
 RESERVED_NAMES = frozenset({"row", "doc_id", "title", "text", "num_tokens", "truncated", "null", "true", "false",
-                            "None", "True", "False", "__row__"})
+                            "None", "True", "False", "__row__",
+                            "passage", "char_start", "char_end"})  # a passage index's columns (build --passages)
 INT64 = 2**63
 
 

@@ -254,6 +254,7 @@ class IndexReader:
         self._starts = [s.start for s in self._shards]
         self._groups: OrderedDict[tuple[int, int, bool], Any] = OrderedDict()  # row groups read lately
         self._id_hashes: tuple[np.ndarray, np.ndarray] | None = None  # for row_of, built on first use
+        self._passage_columns: dict[str, np.ndarray] | None = None  # a passage index's, read on first use
         self.verify_chunks = True  # check each touched chunk's crc32c (False: benchmarks only)
 
     @classmethod
@@ -498,6 +499,25 @@ class IndexReader:
             return np.concatenate(mats) if mats else None
         shard, local = self._locate(rows)
         return np.stack([mats[s][l] for s, l in zip(shard, local)]).astype(np.float32)
+
+    # -- passages (build --passages) --
+    @property
+    def passages(self) -> tuple[int, int] | None:
+        """(window, stride) of a passage index (several rows per document), else None."""
+        p = self.manifest.settings.passages  # None: an index of one row per document
+        return (p.window, p.stride) if p is not None else None
+
+    def passage_columns(self) -> dict[str, np.ndarray]:
+        """A passage index's per-row passage number (int32 [N]) and character span in its document's
+        text (char_start, char_end: int64 [N]), every shard's columns read once."""
+        if self.passages is None:
+            raise IndexError_(f"{self.root}: not a passage index (built without --passages)")
+        if self._passage_columns is None:  # read once per reader (Searcher.with_config shares it)
+            names = ("passage", "char_start", "char_end")
+            tables = [s.table(list(names)) for s in self._shards]
+            self._passage_columns = {n: np.concatenate([t.column(n).to_numpy() for t in tables]) if tables
+                                     else np.zeros(0, np.int64) for n in names}
+        return self._passage_columns
 
     # -- texts --
     def texts(self, rows) -> list[tuple[str, str]]:

@@ -28,12 +28,17 @@ DOC_SCHEMA = pa.schema([
     ("row", pa.int64()), ("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string()),
     ("num_tokens", pa.int32()), ("truncated", pa.bool_()),
 ])
+# a passage index (build --passages) adds, per row, the passage's number in its document (from 0)
+# and its character span [char_start, char_end) in the document's text
+PASSAGE_FIELDS = [("passage", pa.int32()), ("char_start", pa.int64()), ("char_end", pa.int64())]
 
 
-def doc_schema(fields=()) -> pa.Schema:
+def doc_schema(fields=(), passages: bool = False) -> pa.Schema:
     """The document table's schema: DOC_SCHEMA plus one nullable column per declared field
-    (sources/fields.py: int64, float64, string or bool), named as the field."""
-    return pa.schema([*DOC_SCHEMA, *(pa.field(f.name, f.arrow_type, nullable=True) for f in fields)])
+    (sources/fields.py: int64, float64, string or bool), named as the field, plus PASSAGE_FIELDS
+    for a passage index."""
+    return pa.schema([*DOC_SCHEMA, *(pa.field(f.name, f.arrow_type, nullable=True) for f in fields),
+                      *(pa.field(n, t) for n, t in (PASSAGE_FIELDS if passages else ()))])
 
 
 def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array:
@@ -47,10 +52,11 @@ def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array
 class ShardWriter:
     """Accumulates consecutive windows of one build shard in `tmp`, then `commit()`s it."""
 
-    def __init__(self, root: Path, index: int, start_row: int, codec: Codec, fields=()):
+    def __init__(self, root: Path, index: int, start_row: int, codec: Codec, fields=(), passages: bool = False):
         self.index, self.start_row, self.codec = index, start_row, codec
         self.fields = tuple(fields)  # declared document fields (sources.fields.Field): extra columns
-        self.schema = doc_schema(self.fields)
+        self.passages = passages  # rows are `Passage`s (build --passages): passage, char_start, char_end columns
+        self.schema = doc_schema(self.fields, passages)
         self.tmp = root / L.SHARDS_DIR / (L.TMP_PREFIX + L.shard_name(index))
         self.final = root / L.SHARDS_DIR / L.shard_name(index)
         with os_errors(self.tmp, f"creating build shard {self.final.name}"):
@@ -86,13 +92,16 @@ class ShardWriter:
         self.pending_tokens += int(win.lengths.sum())
         self._flush(final=False)
         n = len(win.docs)
-        self.docs.write_table(pa.table({
+        columns = {
             "row": np.arange(win.start_row, win.start_row + n, dtype=np.int64),
             "doc_id": [d.doc_id for d in win.docs], "title": [d.title for d in win.docs],
             "text": [d.text for d in win.docs], "num_tokens": win.lengths, "truncated": win.truncated,
             # per stored row, from the document it comes from (a passage row carries its document's)
             **{f.name: [d.fields[i] if d.fields else None for d in win.docs] for i, f in enumerate(self.fields)},
-        }, schema=self.schema))
+        }
+        if self.passages:
+            columns.update({name: [getattr(d, name) for d in win.docs] for name, _ in PASSAGE_FIELDS})
+        self.docs.write_table(pa.table(columns, schema=self.schema))
         self.lengths.append(win.lengths)
         if win.dense is not None:
             self.dense.append(win.dense)
