@@ -100,7 +100,7 @@ class MiceRetriever(pt.Transformer):
     def __init__(self, index: str | Path | Searcher, k: int | None = None, *,
                  model: MiceModel | str | None = None, **options):
         self.searcher = _searcher(index, model, options)
-        self.k = None if k is None else clipped("k", k, k, self.searcher.reader.num_docs)
+        self.k = None if k is None else clipped("k", k, k, self.searcher.reader.num_live)
 
     def __repr__(self) -> str:
         c = self.searcher.config

@@ -31,7 +31,7 @@ from mice_index.text import check_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "ranked", "resolve_alpha"]
+__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "live_docs", "ranked", "resolve_alpha"]
 
 DEFAULT_DEPTH = 100
 
@@ -77,7 +77,7 @@ class Searcher:
 
     def __init__(self, reader, model: MiceModel | None, config: SearchConfig, dense_query_encoder=None):
         self.reader, self.model, self.config = reader, model, config
-        config = replace(config, depth=clipped("--depth", config.depth, DEFAULT_DEPTH, reader.num_docs))
+        config = replace(config, depth=clipped("--depth", config.depth, DEFAULT_DEPTH, live_docs(reader)))
         self.config = config
         want_bm25, dense = config.candidates in ("bm25", "hybrid"), reader.dense_path
         if hasattr(reader, "check_candidates"):  # their files against the manifest's crc32c
@@ -131,7 +131,7 @@ class Searcher:
         """First-stage candidates of `texts` (rows [Q, depth], padded with -1); `query_states`:
         their states from the dense encoder's bottom (`_shared_query_states`), used when no query
         was cut at the MICE query length."""
-        kind, n = self.config.candidates, self.reader.num_docs
+        kind, n = self.config.candidates, live_docs(self.reader)
         per_list = min(max(depth, self.config.hybrid.depth), n) if kind == "hybrid" else depth
         bm25 = self._bm25.search(list(texts), per_list) if self._bm25 is not None else None
         if kind == "bm25":
@@ -164,7 +164,7 @@ class Searcher:
     def search_texts(self, queries: Sequence[str], k: int | None = None) -> list[list[Hit]]:
         """Free-text queries searched together (one first-stage call, one scorer call) -> per query
         its top-k hits, each list equal to `search` on that query alone (k as in `search`)."""
-        k = clipped("--k", k, 10, self.reader.num_docs)
+        k = clipped("--k", k, 10, live_docs(self.reader))
         results = self._search_batch([Query(str(i), t) for i, t in enumerate(queries)], k, remove_query_id=False)
         out = []
         for result in results.values():
@@ -183,7 +183,7 @@ class Searcher:
         queries = list(queries)
         if not queries:
             raise SearchError("no queries to search")
-        k = clipped("--k", k, self.config.depth, self.reader.num_docs)
+        k = clipped("--k", k, self.config.depth, live_docs(self.reader))
         run: dict[str, list[ScoredDoc]] = {}
         step = self.config.query_batch
         for i in range(0, len(queries), step):
@@ -209,7 +209,7 @@ class Searcher:
         extra = 1 if remove else 0  # room for the skipped self-match
         texts = [q.text for q in queries]
         shared = self._shared_query_states(texts)  # one bottom pass for the dense stage and MICE
-        cands = self.candidates(texts, min(depth + extra, self.reader.num_docs), shared)
+        cands = self.candidates(texts, min(depth + extra, live_docs(self.reader)), shared)
         lists = []
         for q, rows, scores in zip(queries, cands.rows, cands.scores):
             keep = rows >= 0
@@ -255,6 +255,11 @@ class Searcher:
         """A searcher over the build the index folder holds now, with this one's model and config
         (the model is not loaded again; it must match the new index's fingerprint)."""
         return Searcher.open(self.reader.root, model=self.model, config=self.config)
+
+
+def live_docs(reader) -> int:
+    """Documents a search over `reader` can return (store rows minus deleted ones)."""
+    return int(getattr(reader, "num_live", reader.num_docs))
 
 
 def ranked(rows: np.ndarray, scores: np.ndarray, k: int, ids_of) -> list[int]:

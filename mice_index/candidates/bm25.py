@@ -22,7 +22,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from mice_index.candidates.base import Candidates, check_k, read_meta, topk_rows, write_meta
+from mice_index.candidates.base import Candidates, check_k, load_rows_map, map_rows, read_meta, topk_rows, write_meta
 from mice_index.candidates.bm25_build import BATCH_TOKENS, BUCKET_POSTINGS, write_index
 from mice_index.errors import IndexError_, SearchError
 
@@ -59,6 +59,7 @@ class BM25Index:
     def __init__(self, model: bm25s.BM25, config: BM25Config) -> None:
         self.model = model
         self.config = config
+        self.rows_map: np.ndarray | None = None  # ordinal -> store row (candidates/base.py ROWS_FILE)
 
     @property
     def num_docs(self) -> int:
@@ -138,7 +139,7 @@ class BM25Index:
             rows, vals = topk_rows(scores, k, keep=self._matching(ids))
             out.rows[qi, : rows.size] = rows
             out.scores[qi, : rows.size] = vals
-        return out
+        return map_rows(out, self.rows_map)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -156,4 +157,5 @@ class BM25Index:
         index = cls(model, BM25Config(**meta["config"]))
         if index.num_docs != meta["num_docs"]:
             raise IndexError_(f"{directory}: bm25s index has {index.num_docs} docs, metadata says {meta['num_docs']}")
+        index.rows_map = load_rows_map(directory, index.num_docs)
         return index

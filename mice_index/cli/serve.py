@@ -83,7 +83,7 @@ def serve_command(
     # the model is always loaded: requests may ask for MICE (or explanations) whatever the default
     opened = Searcher.open(index, model=model, config=search_config(candidates, depth, "mice", dtype, device, quantize=quantize))
     searcher = opened if rerank == "mice" else opened.with_config(rerank=rerank)
-    k = clipped("--k", k, 10, searcher.reader.num_docs)
+    k = clipped("--k", k, 10, searcher.reader.num_live)
     log = logging.getLogger("mice_index.serve")  # one plain line per request, on stderr
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -185,7 +185,7 @@ class _Engine:
         if self.base.is_current():
             return
         new = self.base.reopened()  # MiceIndexError (503) while the folder is being swapped
-        log.info("the index was replaced: reloaded %s (%d documents)", Path(new.reader.root).name, new.reader.num_docs)
+        log.info("the index was replaced: reloaded %s (%d documents)", Path(new.reader.root).name, new.reader.num_live)
         self.base, self._explainer = new, None
         self.variants = OrderedDict({self.settings_of(new.config): new})
 
@@ -273,7 +273,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     engine = _Engine(searcher, chunk_work=limits.chunk_work)
     batcher = MicroBatcher(engine.run, batch)
     engine.between_passes = batcher.run_waiting
-    num_docs = searcher.reader.num_docs  # at start; requests read engine.base (reloaded with the index)
+    num_docs = searcher.reader.num_live  # at start; requests read engine.base (reloaded with the index)
     base = searcher.config
 
     @asynccontextmanager
@@ -311,7 +311,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
 
     @app.get("/health", summary="Liveness: the index and model are loaded.")
     def health() -> dict:
-        return {"status": "ok", "documents": engine.base.reader.num_docs, "pending": batcher.pending}
+        return {"status": "ok", "documents": engine.base.reader.num_live, "pending": batcher.pending}
 
     @app.get("/settings", response_model=ServerSettingsOut,
              summary="The server's defaults (from `mice-index serve` options) and what explain shows.")
@@ -396,7 +396,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         if config.rerank == "mice" and searcher.model is None:
             raise SearchError("rerank mice: this server was started without a MICE model (--rerank none)")
         # k and depth above the corpus size are clipped with a warning, as in the CLI
-        n = engine.base.reader.num_docs
+        n = engine.base.reader.num_live
         config = dataclasses.replace(config, depth=clipped("--depth", req.depth, base.depth, n))
         k_ = clipped("--k", req.k, k, n)
         work = len(queries) * config.depth if config.rerank == "mice" else len(queries) * k_

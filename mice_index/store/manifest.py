@@ -70,6 +70,9 @@ def verify_shards(root: Path, manifest: dict[str, Any], deep: bool = True) -> No
                 raise L.damaged(f, "file missing", root, info["name"])
             if f.stat().st_size != want["bytes"] or (deep and L.sha256_file(f) != want["sha256"]):
                 raise L.damaged(f, "checksum mismatch", root, info["name"])
+    stones = manifest.get("tombstones")
+    if stones and (not (root / stones["file"]).is_file() or L.sha256_file(root / stones["file"]) != stones["sha256"]):
+        raise L.damaged(root / stones["file"], "tombstone file missing, or checksum mismatch", root)
     for rel, want in (manifest.get("candidates") or {}).get("files", {}).items():
         f = root / rel
         if not f.is_file() or f.stat().st_size != want["bytes"] or (deep and L.crc32c_file(f) != want["crc32c"]):
@@ -86,10 +89,15 @@ def index_info(path: str | Path) -> dict[str, Any]:
     for s in m["shards"]:
         d = root / L.SHARDS_DIR / s["name"] / L.STATES
         state_bytes += sum(L.dir_bytes(d / c) for c in cols if (d / c).is_dir())
+    num_rows = int(sum(s["num_docs"] for s in m["shards"]))
+    deleted = int((m.get("tombstones") or {}).get("count", 0))
+    cands = m.get("candidates") or {}
     return {
         "path": str(root), "format_version": m["format_version"], "complete": bool(m.get("complete")),
         "building": not m.get("complete") and is_locked(root),
-        "num_docs": int(sum(s["num_docs"] for s in m["shards"])), "num_tokens": num_tokens,
+        # live documents; num_rows counts the deleted ones too (their states stay until `compact`)
+        "num_docs": num_rows - deleted, "num_rows": num_rows, "deleted_docs": deleted,
+        "generation": m.get("generation"), "codec_drift": m.get("codec_drift"), "num_tokens": num_tokens,
         "num_shards": len(m["shards"]),
         "truncated_docs": int(sum(s["truncated_docs"] for s in m["shards"])),
         "empty_docs": int(sum(s["empty_docs"] for s in m["shards"])),
@@ -100,7 +108,7 @@ def index_info(path: str | Path) -> dict[str, Any]:
         "model": m["model"]["name"], "model_family": m["model"].get("family", "bert"),
         "model_options": m["model"].get("options", {}),
         "model_fingerprint": m["model"]["fingerprint"], "dense": m.get("dense"),
-        "candidates": {k: (root / k).is_dir() for k in (L.BM25_DIR, L.DENSE_DIR)},
+        "candidates": {k: (root / (cands.get(k) or k)).is_dir() for k in (L.BM25_DIR, L.DENSE_DIR)},
         # kind, parameters and recall@100 vs flat measured at build time (None before they were recorded)
         "dense_index": (m.get("candidates") or {}).get("dense_index"),
         "disk_bytes": L.dir_bytes(root), "library_version": m.get("library_version"),
