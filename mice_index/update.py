@@ -149,7 +149,7 @@ def _result(root: Path, op, t0: float, added=0, updated=0, deleted=0, already=Fa
                         index_info(root))
 
 
-def _ids_list(ids: Iterable[str], what: str, total: int) -> str:
+def _ids_list(ids: list[str], what: str, total: int) -> str:
     shown = ", ".join(repr(i) for i in ids[:5])
     return f"{len(ids)} of the {total} {what} ({shown}{', ...' if len(ids) > 5 else ''})"
 

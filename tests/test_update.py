@@ -13,11 +13,11 @@ import pytest
 
 from mice_index.build import BuildConfig, build_index
 from mice_index.cli import main
-from mice_index.errors import IndexBusyError, IndexError_
+from mice_index.errors import IndexBusyError
 from mice_index.model import MiceModel
 from mice_index.scorer import ScorerConfig
 from mice_index.search import SearchConfig, Searcher
-from mice_index.sources import Query, sample_collection
+from mice_index.sources import sample_collection
 from mice_index.store import IndexReader, index_info, read_manifest, verify_shards
 from mice_index.store.lock import IndexLock
 from mice_index.update import UpdateConfig, add_documents, compact_index, delete_documents
