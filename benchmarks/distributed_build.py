@@ -70,7 +70,7 @@ def main() -> None:
     ref = IndexReader.open(work / "local")
     for key in [k for k in results if k.startswith("ray_") and k.endswith("workers")]:
         other = IndexReader.open(work / key.replace("ray_", "ray").replace("_workers", ""))
-        same = ref.doc_ids == other.doc_ids and ref.manifest["shards"] == other.manifest["shards"]
+        same = ref.doc_ids == other.doc_ids and ref.manifest.shards == other.manifest.shards
         results[key]["identical_to_local"] = bool(same and all(
             np.array_equal(a, b) for a, b in zip(ref.get_states(range(50)), other.get_states(range(50)))))
     n_docs = r.info["num_docs"]

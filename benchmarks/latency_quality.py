@@ -45,7 +45,7 @@ class PrunedReader:
 
     def __init__(self, reader, model, rule: str):
         self.reader, self.pruner = reader, TokenPruner(model.tokenizer, rule)
-        self.tok = _Pass(model, None, reader.manifest["settings"]["max_doc_length"], torch.device("cpu"))
+        self.tok = _Pass(model, None, reader.manifest.settings.max_doc_length, torch.device("cpu"))
         self.model, self._keep = model, {}
         self.kept = self.total = 0
 

@@ -105,15 +105,16 @@ def child_build(args) -> dict:
             super().bind_codec(codec)
             peaks["fit"], times["fit"] = _peak_and_reset(), time.perf_counter() - t0
 
-    build_candidates = B._Builder.build_candidates
+    build_candidates = B.build_candidates  # the store function build.py calls (mice_index.store.candidates_build)
 
-    def timed_candidates(self, m):
+    def timed_candidates(root, m, **kw):
         peaks["encode"], times["encode"] = _peak_and_reset(), time.perf_counter() - t0 - times["fit"]
-        build_candidates(self, m)
+        out = build_candidates(root, m, **kw)
         peaks["candidates"] = _peak_and_reset()
         times["candidates"] = time.perf_counter() - t0 - times["fit"] - times["encode"]
+        return out
 
-    B._Builder.build_candidates = timed_candidates
+    B.build_candidates = timed_candidates
     cfg = B.BuildConfig(codec=args.codec, fit_tokens=args.fit_tokens,
                         **({"dense_kind": args.dense_kind} if args.dense_kind else {}))
     B.build_index(args.corpus, args.index, cfg, model=model,
@@ -200,9 +201,10 @@ def child_search(args) -> dict:
     approx = searcher._dense.search(qv, 100).rows
     out["dense_recall@100_vs_flat"] = round(float(np.mean([len(set(a) & set(e)) / 100
                                                            for a, e in zip(approx.tolist(), exact_r.tolist())])), 4)
-    cand = reader.manifest.get("candidates") or {}
-    out["dense_kind"] = cand.get("dense_kind")
-    out["manifest_dense"] = {k: v for k, v in cand.items() if k not in ("files", "bm25", "dense")}
+    cand = reader.manifest.candidates
+    out["dense_kind"] = cand.dense_kind
+    out["manifest_dense"] = {"dense_kind": cand.dense_kind, "dense_nprobe": cand.dense_nprobe,
+                             "dense_index": cand.dense_index}
     return out
 
 

@@ -16,25 +16,25 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-import mice_index
-from mice_index.candidates import BM25Index, DenseConfig, DenseIndex, StoredVectors
+from mice_index.candidates import DenseConfig
 from mice_index.codec import Codec, make_codec, resolve_codec_name
 from mice_index.encoder import DocumentEncoder, EncoderConfig, resolve_device, resolve_dtype
 from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
-from mice_index.store.generation import new_generation
 from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
-from mice_index.store.manifest import complete_index_error
-from mice_index.store.reader import index_info, load_codec, read_manifest
+from mice_index.store.candidates_build import build_candidates
+from mice_index.store.codecs import load_codec, save_codec
+from mice_index.store.manifest import (CodecInfo, DenseInfo, Manifest, ModelInfo, Settings, ShardEntry,
+                                       complete_index_error, index_info, new_manifest, read_manifest, write_manifest)
 from mice_index.store.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,12 @@ def _kill_hook(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> dict[str, Any]:
+def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> Settings:
     """What decides the stored bytes: a resumed build must use the same (the device may change)."""
     keys = ("batch_tokens", "window_docs", "window_tokens", "shard_docs", "dense", "fit_tokens",
-            "seed", "id_field", "text_field", "title_field")
+            "seed", "id_field", "text_field", "title_field", "prune")
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    prune = {"prune": cfg.prune} if cfg.prune != "none" else {}  # absent = "none" (indexes before pruning)
-    return {"codec": codec_name, "max_doc_length": max_len, "dtype": dtype, **{k: getattr(cfg, k) for k in keys},
-            **prune}
+    return Settings(codec=codec_name, max_doc_length=max_len, dtype=dtype, **{k: getattr(cfg, k) for k in keys})
 
 
 def _load_dense(model: MiceModel, cfg: BuildConfig):
@@ -117,10 +115,10 @@ def _load_dense(model: MiceModel, cfg: BuildConfig):
     try:
         tower = load_dense_tower(model)
         if tower is not None:
-            return tower, None, None, {"source": "tower", "backbone": DEFAULT_BACKBONE}
+            return tower, None, None, DenseInfo(source="tower", backbone=DEFAULT_BACKBONE)
         layer = min(model.config.fusion_layer, 5)
         backbone = MiceModel.from_pretrained(DEFAULT_BACKBONE, fusion_layer=layer, num_interaction_layers=1)
-        return None, backbone, load_dense_tower(backbone), {"source": "second-pass", "backbone": DEFAULT_BACKBONE}
+        return None, backbone, load_dense_tower(backbone), DenseInfo(source="second-pass", backbone=DEFAULT_BACKBONE)
     except ModelError as exc:
         log.warning("no dense vectors: the dense backbone cannot be loaded (%s)", exc)
         return None, None, None, None
@@ -146,26 +144,26 @@ class _Builder:
         return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field)
 
     # -- index folder state --
-    def prepare(self) -> dict[str, Any] | None:
+    def prepare(self) -> Manifest | None:
         """Existing (incomplete, compatible) manifest to resume, or None for a fresh build."""
         root = self.root  # with --overwrite of an existing index: an empty staging folder (writing_index)
         if (root / L.MANIFEST).exists():
             m = read_manifest(root)
-            if m.get("complete"):
+            if m.complete:
                 raise complete_index_error(root)
-            if m["model"]["fingerprint"] != self.fingerprint:
+            if m.model.fingerprint != self.fingerprint:
                 raise IndexError_(
-                    f"{root}: holds states of another model (fingerprint {m['model']['fingerprint']}, "
-                    f"{m['model']['name']}) than {self.model_name} ({self.fingerprint}); refusing to append "
+                    f"{root}: holds states of another model (fingerprint {m.model.fingerprint}, "
+                    f"{m.model.name}) than {self.model_name} ({self.fingerprint}); refusing to append "
                     "(use another --index or --overwrite)")
-            if m["format_version"] != L.FORMAT_VERSION:
+            if m.format_version != L.FORMAT_VERSION:
                 raise IndexError_(f"{root}: unfinished index was started by an older mice-index (index format "
-                                  f"{m['format_version']}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
-                                  "to rebuild it")
-            keys = [*self.settings, *(["prune"] if "prune" not in self.settings else [])]  # absent = none
-            absent = {"prune": "none"}  # a setting recorded only when not its default
-            diff = {k: (m["settings"].get(k, absent.get(k)), self.settings.get(k, absent.get(k))) for k in keys
-                    if m["settings"].get(k, absent.get(k)) != self.settings.get(k, absent.get(k))}
+                                  f"{m.format_version}, this one writes {L.FORMAT_VERSION}); pass --overwrite "
+                                  "to rebuild it" + (f" (or run `mice-index upgrade --index {root}`, then this "
+                                                     "build again)" if m.format_version >= L.CHUNK_CRC_VERSION
+                                                     else ""))
+            diff = {f.name: (getattr(m.settings, f.name), getattr(self.settings, f.name)) for f in fields(Settings)
+                    if getattr(m.settings, f.name) != getattr(self.settings, f.name)}
             if diff:
                 what = ", ".join(f"{k}: index {a!r} vs now {b!r}" for k, (a, b) in diff.items())
                 raise IndexError_(f"{root}: unfinished index was started with other settings ({what}); "
@@ -193,27 +191,11 @@ class _Builder:
     def model_name(self) -> str:
         return str(self.cfg.model) if self.cfg.model else "default"
 
-    def new_manifest(self, codec: Codec, dense: dict | None) -> dict[str, Any]:
-        config, arrays = codec.to_params()
-        tmp, final = self.root / (L.TMP_PREFIX + L.CODEC_DIR), self.root / L.CODEC_DIR
-        L.remove(tmp)
-        tmp.mkdir()  # not parents=True: an index folder removed meanwhile is an error
-        for name, a in arrays.items():
-            np.save(tmp / f"{name}.npy", a, allow_pickle=False)
-        L.remove(final)
-        L.commit_dir(tmp, final)
-        mc = self.model.config
-        return {
-            "format_version": L.FORMAT_VERSION, "library_version": mice_index.__version__, "complete": False,
-            "generation": new_generation(),  # readers hold one generation (store/generation.py)
-            "corpus": str(self.corpus),
-            "model": {"name": self.model_name, "fingerprint": self.fingerprint, "fusion_layer": mc.doc_layers,
-                      "hidden_size": mc.hidden_size, "family": mc.family, "options": mc.layer_options()},
-            "settings": self.settings,
-            "codec": {"name": codec.name, "config": config, "arrays": sorted(arrays), "columns": sorted(codec.columns()),
-                      "bytes_per_token": codec.bytes_per_token, "fingerprint": codec.fingerprint()},
-            "dense": dense, "shards": [], "counts": {}, "candidates": {},
-        }
+    def new_manifest(self, codec: Codec, dense: DenseInfo | None) -> Manifest:
+        """Write the fitted codec's parameters; the first manifest of this build (not written)."""
+        save_codec(self.root, codec)
+        return new_manifest(corpus=str(self.corpus), model=ModelInfo.of(self.model, self.model_name),
+                            settings=self.settings, codec=CodecInfo.of(codec), dense=dense)
 
     def fit_codec(self, encoder: DocumentEncoder) -> Codec:
         codec = make_codec(self.codec_name, dim=self.model.config.hidden_size)
@@ -229,7 +211,7 @@ class _Builder:
         log.info("fitting codec %s on %d tokens", codec.name, x.shape[0])
         return codec.fit(x, seed=self.cfg.seed)
 
-    def recover_shards(self, m: dict[str, Any]) -> list[dict[str, Any]]:
+    def recover_shards(self) -> tuple[ShardEntry, ...]:
         """Committed shards on disk (source of truth: their shard.json), checked for contiguity."""
         sdir = self.root / L.SHARDS_DIR
         sdir.mkdir(exist_ok=True)
@@ -247,37 +229,30 @@ class _Builder:
                 if not (d / rel).is_file() or (d / rel).stat().st_size != f["bytes"]:
                     raise IndexError_(f"{d / rel}: missing or wrong size (shard {d.name} is damaged; delete "
                                       "that shard folder and re-run to rebuild it)")
-            shards.append({"name": d.name, "sha256": L.sha256_file(d / L.SHARD_META),
-                           **{k: meta[k] for k in ("start_row", "num_docs", "num_tokens", "truncated_docs",
-                                                   "empty_docs")}})
-        return shards
+            shards.append(ShardEntry.read(d))
+        return tuple(shards)
 
-    def skip_committed(self, docs: Iterator[Document], shards: list[dict]) -> Iterator[Document]:
+    def skip_committed(self, docs: Iterator[Document], shards: tuple[ShardEntry, ...]) -> Iterator[Document]:
         """Consume the committed documents from the stream, checking they are the same ids."""
         import pyarrow.parquet as pq
 
         for s in shards:
-            path = self.root / L.SHARDS_DIR / s["name"] / L.DOCS
+            path = self.root / L.SHARDS_DIR / s.name / L.DOCS
             for row, stored in enumerate(pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()):
                 doc = next(docs, None)
                 if doc is None or doc.doc_id != stored:
                     got = "the end of the corpus" if doc is None else f"id {doc.doc_id!r}"
                     raise IndexError_(f"{self.root}: the corpus differs from the one this unfinished index was "
-                                      f"started with: row {s['start_row'] + row} is {stored!r} in the index, "
+                                      f"started with: row {s.start_row + row} is {stored!r} in the index, "
                                       f"{got} in {self.corpus}; pass --overwrite to start over")
             if self.progress:
-                self.progress(s["num_docs"])
-        if shards and shards[-1]["num_docs"] < self.cfg.shard_docs:  # the last shard ended the corpus
+                self.progress(s.num_docs)
+        if shards and shards[-1].num_docs < self.cfg.shard_docs:  # the last shard ended the corpus
             extra = next(docs, None)
             if extra is not None:
                 raise IndexError_(f"{self.root}: the corpus has more documents ({extra.doc_id!r}, ...) than when "
                                   "this index was started; pass --overwrite to start over")
         return docs
-
-    def write_manifest(self, m: dict[str, Any]) -> None:
-        sh = m["shards"]
-        m["counts"] = {k: int(sum(s[k] for s in sh)) for k in ("num_docs", "num_tokens", "truncated_docs", "empty_docs")}
-        L.write_json_atomic(self.root / L.MANIFEST, m)
 
     # -- main --
     def run(self) -> int:
@@ -294,40 +269,39 @@ class _Builder:
         tower, dmodel, dtower, dense_desc = _load_dense(self.model, self.cfg)
         encoder = self.encoder_factory(self.model, self.encoder_config(), tower, dmodel, dtower)
         if dense_desc is not None:
-            dense_desc["dim"] = encoder.dense_dim
+            dense_desc = replace(dense_desc, dim=encoder.dense_dim)
         if m is None:
             m = self.new_manifest(self.fit_codec(encoder), dense_desc)
-            self.write_manifest(m)
+            write_manifest(self.root, m)
         codec = load_codec(self.root, m)  # the stored params, also on a fresh build (one code path)
         if hasattr(encoder, "bind_codec"):  # an encoder that emits codec columns itself (EncodedWindow.parts)
             encoder.bind_codec(codec)
-        m["shards"] = self.recover_shards(m)
-        self.write_manifest(m)
-        docs = self.skip_committed(iter(self.docs()), m["shards"])
-        encoded = self.encode(encoder, codec, docs, m)
+        m = replace(m, shards=self.recover_shards())
+        write_manifest(self.root, m)
+        docs = self.skip_committed(iter(self.docs()), m.shards)
+        encoded, m = self.encode(encoder, codec, docs, m)
         _kill_hook("candidates")
-        self.build_candidates(m)
-        m["complete"] = True
-        self.write_manifest(m)
+        m = build_candidates(self.root, m, bm25=self.cfg.bm25, dense=self.cfg.dense_config())
+        write_manifest(self.root, replace(m, complete=True))
         return encoded
 
-    def encode(self, encoder: DocumentEncoder, codec: Codec, docs, m: dict[str, Any]) -> int:
-        S, start = self.cfg.shard_docs, int(sum(s["num_docs"] for s in m["shards"]))
-        if m["shards"] and m["shards"][-1]["num_docs"] < S:
-            return 0
+    def encode(self, encoder: DocumentEncoder, codec: Codec, docs, m: Manifest) -> tuple[int, Manifest]:
+        """Encode and commit the remaining shards (the manifest rewritten after each); returns
+        (documents encoded, the manifest listing every committed shard)."""
+        S, start = self.cfg.shard_docs, m.num_docs
+        if m.shards and m.shards[-1].num_docs < S:
+            return 0, m
         writer: ShardWriter | None = None
         encoded = 0
 
         def commit():
-            nonlocal writer
-            _kill_hook(f"precommit:{len(m['shards']) + 1}")
-            meta = writer.commit()
-            m["shards"].append({"name": writer.final.name, "sha256": L.sha256_file(writer.final / L.SHARD_META),
-                                **{k: meta[k] for k in ("start_row", "num_docs", "num_tokens", "truncated_docs",
-                                                        "empty_docs")}})
-            self.write_manifest(m)
+            nonlocal writer, m
+            _kill_hook(f"precommit:{len(m.shards) + 1}")
+            writer.commit()
+            m = replace(m, shards=(*m.shards, ShardEntry.read(writer.final)))
+            write_manifest(self.root, m)
             writer = None
-            _kill_hook(f"commit:{len(m['shards'])}")
+            _kill_hook(f"commit:{len(m.shards)}")
 
         try:
             for win in encoder.windows(docs, start, S):
@@ -345,42 +319,7 @@ class _Builder:
             if writer is not None:
                 writer.abort()
             raise
-        return encoded
-
-    def build_candidates(self, m: dict[str, Any]) -> None:
-        from mice_index.store.reader import IndexReader
-
-        reader = IndexReader(self.root, m)
-        n = reader.num_docs
-        if self.cfg.bm25 and not (self.root / L.BM25_DIR).is_dir():
-            log.info("building BM25 over %d documents", n)
-            tmp = self.root / (L.TMP_PREFIX + L.BM25_DIR)
-            L.remove(tmp)
-            # streamed straight into tmp, its temporary files inside tmp: memory bounded by batches
-            with os_errors(tmp, "writing the BM25 index"):
-                BM25Index.build_into(tmp, reader.iter_texts(), num_docs=n)
-            L.commit_dir(tmp, self.root / L.BM25_DIR)
-        dense_index = None
-        if m.get("dense"):  # the shards' vectors, read in chunks (file reads, not the map): never all in memory
-            vectors = StoredVectors.open([s.dir / L.DENSE for s in reader._shards], mmap=False)
-            if not (self.root / L.DENSE_DIR).is_dir():
-                tmp = self.root / (L.TMP_PREFIX + L.DENSE_DIR)
-                L.remove(tmp)
-                dense = DenseIndex.build(vectors, self.cfg.dense_config())
-                with os_errors(tmp, "writing the dense index"):
-                    dense.save(tmp)
-                L.commit_dir(tmp, self.root / L.DENSE_DIR)
-            built = DenseIndex.load(self.root / L.DENSE_DIR)  # what searches will open
-            dense_index = {**built.describe(), **built.recall_vs_flat(vectors)}
-            log.info("dense index %s: recall@100 vs flat %.4f", dense_index["kind"], dense_index["recall_at_100"])
-        m["candidates"] = {"bm25": L.BM25_DIR if self.cfg.bm25 else None,
-                           "dense": L.DENSE_DIR if m.get("dense") else None,
-                           "dense_kind": self.cfg.dense_kind if m.get("dense") else None,
-                           "dense_nprobe": self.cfg.dense_nprobe if m.get("dense") else None,
-                           "dense_index": dense_index,  # resolved kind, parameters, recall@100 vs flat
-                           # checked when a searcher opens them (crc32c: ~10 GB/s)
-                           "files": {k: v for name in (L.BM25_DIR, L.DENSE_DIR) if (self.root / name).is_dir()
-                                     for k, v in L.crc32c_table(self.root, name).items()}}
+        return encoded, m
 
 
 @contextmanager

@@ -130,8 +130,8 @@ class Explainer:
 
     def __init__(self, model: MiceModel, reader, top: int = 3):
         self.model, self.reader, self.top = model, reader, top
-        self.max_doc_length = int(reader.manifest["settings"]["max_doc_length"])
-        self.pruner = TokenPruner(model.tokenizer, reader.manifest["settings"].get("prune", "none"))
+        self.max_doc_length = int(reader.manifest.settings.max_doc_length)
+        self.pruner = TokenPruner(model.tokenizer, reader.manifest.settings.prune)
 
     def explain(self, query: str, hits: Sequence) -> list[Explanation]:
         """One query and its hits (anything with `.row`, `.title`, `.text`, e.g. search.Hit) -> one

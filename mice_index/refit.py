@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from mice_index.errors import IndexError_, os_errors
 from mice_index.model import MiceModel
 from mice_index.store import layout as L
 from mice_index.store.lock import IndexLock
-from mice_index.store.manifest import read_manifest
+from mice_index.store.manifest import Settings, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 __all__ = ["refit_index"]
 
 
-def _export(reader, path: Path, settings: dict) -> int:
+def _export(reader, path: Path, settings: Settings) -> int:
     """The live documents as JSONL (the index's field names), in row order -> their count."""
     rows = reader.live_rows()
     n = 0
@@ -33,8 +34,8 @@ def _export(reader, path: Path, settings: dict) -> int:
         for a in range(0, rows.size, 4096):
             chunk = rows[a: a + 4096].tolist()
             for doc_id, (title, text) in zip(reader.doc_ids_of(chunk), reader.texts(chunk)):
-                fh.write(json.dumps({settings["id_field"]: doc_id, settings["title_field"]: title,
-                                     settings["text_field"]: text}, ensure_ascii=False) + "\n")
+                fh.write(json.dumps({settings.id_field: doc_id, settings.title_field: title,
+                                     settings.text_field: text}, ensure_ascii=False) + "\n")
                 n += 1
     return n
 
@@ -43,43 +44,36 @@ def refit_index(root: Path, config, model: MiceModel | None = None) -> None:
     """Rebuild the live documents of the index in `root` with a freshly fitted codec (see module doc);
     `config` is an UpdateConfig (model, device, dtype). IndexError_ for an incomplete index or a
     model of another fingerprint; the index is left as it was on any error."""
-    from mice_index.build import BuildConfig, _Builder
+    from mice_index.build import _Builder
     from mice_index.store.reader import IndexReader
-    from mice_index.update import _checked_model, _complete_manifest
+    from mice_index.update import _build_config, _checked_model, _complete_manifest
 
     root = Path(root)
     with IndexLock(root, holder="another process is writing this index (build / add / delete / compact)"):
         m = _complete_manifest(root)
         mice = _checked_model(m, config, model, root)
-        s, cands = m["settings"], m.get("candidates") or {}
-        cfg = BuildConfig(model=config.model, codec=s["codec"], max_doc_length=s["max_doc_length"],
-                          batch_tokens=s["batch_tokens"], window_docs=s["window_docs"],
-                          window_tokens=s["window_tokens"], shard_docs=s["shard_docs"], device=config.device,
-                          dtype=config.dtype or s.get("dtype", "auto"), dense=s.get("dense", "auto"),
-                          dense_kind=cands.get("dense_kind") or "auto", dense_nprobe=cands.get("dense_nprobe"),
-                          prune=s.get("prune", "none"), bm25=bool(cands.get("bm25")), fit_tokens=s["fit_tokens"],
-                          seed=s["seed"], id_field=s["id_field"], text_field=s["text_field"],
-                          title_field=s["title_field"])
+        cands = m.candidates
+        cfg = _build_config(m, config, dense_kind=cands.dense_kind or "auto", dense_nprobe=cands.dense_nprobe,
+                            bm25=bool(cands.bm25))
         staging = L.staging_dir(root)
         with os_errors(staging, "creating the staging folder of --refit (next to the index)"):
             L.remove(staging)
             staging.mkdir()
         try:
             corpus = staging.parent / f"{L.TMP_PREFIX}{root.name}.live.jsonl"
-            n = _export(IndexReader(root, m, writing=True), corpus, s)
+            n = _export(IndexReader(root, m, writing=True), corpus, m.settings)
             log.info("%s: --refit: re-encoding %d live documents into %s", root, n, staging)
             builder = _Builder(corpus, staging, cfg, mice, None)
             builder._run()
-            new = read_manifest(staging)
-            new["corpus"] = m["corpus"]  # what the index was built from (the export is temporary)
-            L.write_json_atomic(staging / L.MANIFEST, new)
+            new = replace(read_manifest(staging), corpus=m.corpus)  # the export is temporary
+            write_manifest(staging, new)
         except BaseException:
             L.remove(staging)
             raise
         finally:
             L.remove(staging.parent / f"{L.TMP_PREFIX}{root.name}.live.jsonl")
-        if new["counts"]["num_docs"] != n:
+        if new.num_docs != n:
             L.remove(staging)
-            raise IndexError_(f"{root}: --refit re-encoded {new['counts']['num_docs']} documents, expected {n}; the "
+            raise IndexError_(f"{root}: --refit re-encoded {new.num_docs} documents, expected {n}; the "
                               "index was left as it was")
         L.replace_dir(staging, root)

@@ -305,12 +305,12 @@ def checked_model(reader, model: MiceModel | str | None = None) -> MiceModel:
     when its fingerprint differs from the index's: scores over another bottom's states are meaningless."""
     from mice_index.defaults import load_model
 
-    built_with = reader.manifest["model"]
-    mice = model if isinstance(model, MiceModel) else load_model(model or built_with["name"])
-    if mice.fingerprint() != built_with["fingerprint"]:
+    built_with = reader.manifest.model
+    mice = model if isinstance(model, MiceModel) else load_model(model or built_with.name)
+    if mice.fingerprint() != built_with.fingerprint:
         raise IndexError_(
-            f"{reader.root}: its states were computed by model {built_with['name']!r} (fingerprint "
-            f"{built_with['fingerprint']}), but the loaded model's fingerprint is {mice.fingerprint()}; "
+            f"{reader.root}: its states were computed by model {built_with.name!r} (fingerprint "
+            f"{built_with.fingerprint}), but the loaded model's fingerprint is {mice.fingerprint()}; "
             "MICE scores would be meaningless. Pass the index's model with --model or rebuild the index")
     return mice
 
@@ -336,10 +336,11 @@ class DenseQueryEncoder:
         model, whose bottom is shared when the vectors came from its states."""
         from mice_index.defaults import DEFAULT_BACKBONE
 
-        dense = reader.manifest.get("dense") or {}
-        if dense.get("source") == "tower" and model is not None:  # the build checked: same bottom
-            return cls(dense.get("backbone", DEFAULT_BACKBONE), model.config.fusion_layer, bottom=model)
-        return cls(dense.get("backbone", DEFAULT_BACKBONE), 3)
+        dense = reader.manifest.dense
+        backbone = (dense.backbone if dense is not None else None) or DEFAULT_BACKBONE
+        if dense is not None and dense.source == "tower" and model is not None:  # the build checked: same bottom
+            return cls(backbone, model.config.fusion_layer, bottom=model)
+        return cls(backbone, 3)
 
     @torch.inference_mode()
     def from_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

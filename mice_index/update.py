@@ -22,7 +22,6 @@ which a later add / delete runs by itself when `UpdateConfig`'s policy says so.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import time
@@ -40,7 +39,8 @@ from mice_index.store import layout as L
 from mice_index.store.candidates import derive_candidates
 from mice_index.store.generation import new_generation
 from mice_index.store.lock import IndexLock
-from mice_index.store.manifest import index_info, read_manifest
+from mice_index.store.manifest import (CodecDrift, LastOp, Manifest, Previous, Settings, ShardEntry, index_info,
+                                       read_manifest, write_manifest)
 from mice_index.store.segments import check_rows, collect, referenced, write_tombstones
 
 log = logging.getLogger(__name__)
@@ -83,41 +83,35 @@ class UpdateResult:
 
 
 # -- commit --
-def _complete_manifest(root: Path) -> dict[str, Any]:
+def _complete_manifest(root: Path) -> Manifest:
     m = read_manifest(root)
-    if not m.get("complete"):
+    if not m.complete:
         raise IndexError_(f"{root}: index is incomplete (its build was interrupted); finish it by re-running the same "
                           "`mice-index build` command before adding or deleting documents")
     return m
 
 
-def _keep(m: dict[str, Any]) -> set[str]:
-    return referenced(m) | set((m.get("previous") or {}).get("files", []))
+def _keep(m: Manifest) -> set[str]:
+    return referenced(m) | set(m.previous.files if m.previous else ())
 
 
-def _commit(root: Path, old: dict[str, Any], shards: list[dict], deleted: np.ndarray, op: str, digest: str,
-            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _commit(root: Path, old: Manifest, shards: list[ShardEntry], deleted: np.ndarray, op: str, digest: str,
+            **changes: Any) -> Manifest:
     """Write the tombstones and candidate indexes of the new state, then its manifest (the commit
     point), then remove the files of the commit before `old` -> the new manifest."""
     from mice_index.store.reader import IndexReader
 
     gen = new_generation()
     tag = gen[:12]
-    new = copy.deepcopy(old)
-    new["shards"] = shards
+    new = replace(old, shards=tuple(shards))
     check_rows(new)
-    new["tombstones"] = write_tombstones(root, f"tombstones-{tag}.npy", deleted) if len(deleted) else None
+    new = replace(new, tombstones=write_tombstones(root, f"tombstones-{tag}.npy", deleted) if len(deleted) else None)
     reader = IndexReader(root, new, writing=True)
-    new["candidates"] = derive_candidates(root, reader, old.get("candidates") or {},
-                                          {"bm25": f"{L.BM25_DIR}-{tag}", "dense": f"{L.DENSE_DIR}-{tag}"})
-    new["counts"] = {k: int(sum(s[k] for s in shards)) for k in ("num_docs", "num_tokens", "truncated_docs",
-                                                                   "empty_docs")}
-    new["counts"]["deleted_docs"] = int(len(deleted))
-    new["generation"] = gen
-    new["previous"] = {"generation": old.get("generation"), "files": sorted(referenced(old))}
-    new["last_op"] = {"op": op, "digest": digest}
-    new.update(extra or {})
-    L.write_json_atomic(root / L.MANIFEST, new)  # the commit point
+    candidates = derive_candidates(root, reader, old.candidates,
+                                   {"bm25": f"{L.BM25_DIR}-{tag}", "dense": f"{L.DENSE_DIR}-{tag}"})
+    new = replace(new, candidates=candidates, generation=gen, last_op=LastOp(op=op, digest=digest),
+                  previous=Previous(generation=old.generation, files=tuple(sorted(referenced(old)))), **changes)
+    write_manifest(root, new)  # the commit point
     collect(root, referenced(new) | referenced(old))  # the commit before `old` is no longer readable
     log.info("%s: committed %s (generation %s): %d live of %d rows", root, op, tag, reader.num_live, reader.num_docs)
     return new
@@ -135,13 +129,14 @@ def _live_rows_by_id(reader) -> dict[str, list[int]]:
     return out
 
 
-def _shard_entry(writer, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"name": writer.final.name, "sha256": L.sha256_file(writer.final / L.SHARD_META),
-            **{k: meta[k] for k in ("start_row", "num_docs", "num_tokens", "truncated_docs", "empty_docs")}}
+def _shard_entry(writer) -> ShardEntry:
+    """Commit `writer`'s segment -> its manifest entry."""
+    writer.commit()
+    return ShardEntry.read(writer.final)
 
 
-def _next_shard(m: dict[str, Any]) -> int:
-    return max((int(s["name"]) for s in m["shards"] if s["name"].isdigit()), default=-1) + 1
+def _next_shard(m: Manifest) -> int:
+    return max((int(s.name) for s in m.shards if s.name.isdigit()), default=-1) + 1
 
 
 def _result(root: Path, op, t0: float, added=0, updated=0, deleted=0, already=False, compacted=False) -> UpdateResult:
@@ -155,13 +150,13 @@ def _ids_list(ids: list[str], what: str, total: int) -> str:
 
 
 # -- add --
-def _scan(corpus, settings: dict[str, Any], update: bool) -> tuple[list[str], str]:
+def _scan(corpus, settings: Settings, update: bool) -> tuple[list[str], str]:
     """Ids of the corpus to add (duplicates inside it are a SourceError of the reader) and a digest
     of its content (re-running the same add after a kill is recognised by it)."""
     h = hashlib.sha256(f"add update={update}\n".encode())
     ids = []
-    for d in read_documents(corpus, id_field=settings["id_field"], text_field=settings["text_field"],
-                            title_field=settings["title_field"]):
+    for d in read_documents(corpus, id_field=settings.id_field, text_field=settings.text_field,
+                            title_field=settings.title_field):
         ids.append(d.doc_id)
         for part in (d.doc_id, d.title, d.text):
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
@@ -170,35 +165,42 @@ def _scan(corpus, settings: dict[str, Any], update: bool) -> tuple[list[str], st
     return ids, h.hexdigest()
 
 
-def _checked_model(m: dict[str, Any], config: UpdateConfig, model: MiceModel | None, root: Path) -> MiceModel:
+def _checked_model(m: Manifest, config: UpdateConfig, model: MiceModel | None, root: Path) -> MiceModel:
     from mice_index.defaults import load_model
 
-    mice = model if model is not None else load_model(config.model or m["model"]["name"])
-    if mice.fingerprint() != m["model"]["fingerprint"]:
-        raise IndexError_(f"{root}: holds states of model {m['model']['name']!r} (fingerprint "
-                          f"{m['model']['fingerprint']}), not of the given model (fingerprint {mice.fingerprint()}); "
+    mice = model if model is not None else load_model(config.model or m.model.name)
+    if mice.fingerprint() != m.model.fingerprint:
+        raise IndexError_(f"{root}: holds states of model {m.model.name!r} (fingerprint "
+                          f"{m.model.fingerprint}), not of the given model (fingerprint {mice.fingerprint()}); "
                           "refusing to mix two models' states (pass the index's model, or build a new index)")
     return mice
 
 
-def _encoder(m: dict[str, Any], mice: MiceModel, config: UpdateConfig, root: Path):
+def _build_config(m: Manifest, config: UpdateConfig, **extra: Any):
+    """The BuildConfig of the settings the index records (encoder, codec, dense; `extra` added)."""
+    from mice_index.build import BuildConfig
+
+    s = m.settings
+    return BuildConfig(model=config.model, codec=s.codec, max_doc_length=s.max_doc_length,
+                       batch_tokens=s.batch_tokens, window_docs=s.window_docs, window_tokens=s.window_tokens,
+                       shard_docs=s.shard_docs, device=config.device, dtype=config.dtype or s.dtype or "auto",
+                       dense=s.dense, prune=s.prune, fit_tokens=s.fit_tokens, seed=s.seed, id_field=s.id_field,
+                       text_field=s.text_field, title_field=s.title_field, **extra)
+
+
+def _encoder(m: Manifest, mice: MiceModel, config: UpdateConfig, root: Path):
     """The build's encoder pipeline with the settings the index records (build.py)."""
-    from mice_index.build import BuildConfig, _load_dense
+    from mice_index.build import _load_dense
     from mice_index.encoder import DocumentEncoder, EncoderConfig
 
-    s = m["settings"]
-    dtype = config.dtype or s.get("dtype", "auto")
-    cfg = BuildConfig(model=config.model, codec=s["codec"], max_doc_length=s["max_doc_length"],
-                      batch_tokens=s["batch_tokens"], window_docs=s["window_docs"], window_tokens=s["window_tokens"],
-                      shard_docs=s["shard_docs"], device=config.device, dtype=dtype, dense=s.get("dense", "auto"),
-                      prune=s.get("prune", "none"))
+    s, cfg = m.settings, _build_config(m, config)
     tower, dmodel, dtower, desc = _load_dense(mice, cfg)
-    if bool(desc) != bool(m.get("dense")):
-        raise IndexError_(f"{root}: the index {'has' if m.get('dense') else 'has no'} dense vectors, but the dense "
-                          "model can " + ("not" if m.get("dense") else "") + " be loaded now; cannot add consistently")
-    ecfg = EncoderConfig(max_doc_length=s["max_doc_length"], batch_tokens=s["batch_tokens"],
-                         window_docs=s["window_docs"], window_tokens=s["window_tokens"], device=config.device,
-                         dtype=dtype, prune=s.get("prune", "none"))
+    if (desc is None) != (m.dense is None):
+        raise IndexError_(f"{root}: the index {'has no' if m.dense is None else 'has'} dense vectors, but the dense "
+                          f"model {'can' if m.dense is None else 'cannot'} be loaded now; cannot add consistently")
+    ecfg = EncoderConfig(max_doc_length=s.max_doc_length or mice.config.max_doc_length, batch_tokens=s.batch_tokens,
+                         window_docs=s.window_docs, window_tokens=s.window_tokens, device=config.device,
+                         dtype=cfg.dtype, prune=s.prune)
     return DocumentEncoder(mice, ecfg, tower, dmodel, dtower)
 
 
@@ -223,15 +225,15 @@ def _baseline_error(reader, encoder, codec, n: int) -> float | None:
     return se / ss if ss else None
 
 
-def _drift(old: dict[str, Any] | None, baseline: float | None, se: float, ss: float, docs: int) -> dict[str, Any]:
+def _drift(old: CodecDrift | None, baseline: float | None, se: float, ss: float, docs: int) -> CodecDrift:
     """The manifest's `codec_drift` after adding `docs` documents whose states' codec error was
     sum ||x - x̂||² = `se` over sum ||x||² = `ss` (kept through compaction, reset by `--refit`)."""
-    old = old or {}
-    se, ss = old.get("added_squared_error", 0.0) + se, old.get("added_squared_norm", 0.0) + ss
+    old = old or CodecDrift()
+    se, ss = old.added_squared_error + se, old.added_squared_norm + ss
     rel = se / ss if ss else None
-    return {"baseline_relative_error": baseline, "added_relative_error": rel, "added_squared_error": se,
-            "added_squared_norm": ss, "added_docs": old.get("added_docs", 0) + docs,
-            "ratio": round(rel / baseline, 4) if rel is not None and baseline else None}
+    return CodecDrift(baseline_relative_error=baseline, added_relative_error=rel, added_squared_error=se,
+                      added_squared_norm=ss, added_docs=old.added_docs + docs,
+                      ratio=round(rel / baseline, 4) if rel is not None and baseline else None)
 
 
 def add_documents(index: str | Path, corpus, update: bool = False, config: UpdateConfig = UpdateConfig(), *,
@@ -247,8 +249,8 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
     _complete_manifest(root)  # a missing / incomplete index: its own error, before the lock
     with IndexLock(root, holder=_HOLDER):
         m = _complete_manifest(root)
-        ids, digest = _scan(corpus, m["settings"], update)
-        if m.get("last_op") == {"op": "add", "digest": digest}:
+        ids, digest = _scan(corpus, m.settings, update)
+        if m.last_op == LastOp("add", digest):
             log.warning("%s: these documents were the last commit already (a re-run?): nothing to add", root)
             return _result(root, "add", t0, already=True, compacted=_maybe_compact(root, config))
         from mice_index.store.codecs import load_codec
@@ -265,14 +267,14 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
         collect(root, _keep(m))  # leftovers of an interrupted run
         encoder = _encoder(m, mice, config, root)
         codec = load_codec(root, m)
-        if m.get("codec_drift"):
-            baseline = m["codec_drift"]["baseline_relative_error"]
+        if m.codec_drift is not None:
+            baseline = m.codec_drift.baseline_relative_error
         else:
             baseline = _baseline_error(reader, encoder, codec, config.drift_sample_docs)
-        S, start, idx = m["settings"]["shard_docs"], reader.num_docs, _next_shard(m)
-        shards, writer, err = list(m["shards"]), None, [0.0, 0.0]
-        docs = read_documents(corpus, id_field=m["settings"]["id_field"], text_field=m["settings"]["text_field"],
-                              title_field=m["settings"]["title_field"])
+        S, start, idx = m.settings.shard_docs, reader.num_docs, _next_shard(m)
+        shards, writer, err = list(m.shards), None, [0.0, 0.0]
+        docs = read_documents(corpus, id_field=m.settings.id_field, text_field=m.settings.text_field,
+                              title_field=m.settings.title_field)
         try:
             for win in encoder.windows(docs, 0, S):
                 win = replace(win, start_row=win.start_row + start)
@@ -285,18 +287,17 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
                 if progress:
                     progress(len(win.docs))
                 if writer.num_docs == S:
-                    shards.append(_shard_entry(writer, writer.commit()))
+                    shards.append(_shard_entry(writer))
                     writer, idx = None, idx + 1
             if writer is not None:
-                shards.append(_shard_entry(writer, writer.commit()))
+                shards.append(_shard_entry(writer))
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
         dead = np.array([r for i in present for r in existing[i]], dtype=np.int64)
         tomb = np.union1d(reader.deleted_rows, dead)
-        _commit(root, m, shards, tomb, "add", digest, {"codec_drift": _drift(m.get("codec_drift"), baseline, *err,
-                                                                             len(ids))})
+        _commit(root, m, shards, tomb, "add", digest, codec_drift=_drift(m.codec_drift, baseline, *err, len(ids)))
         compacted = _maybe_compact(root, config)
     return _result(root, "add", t0, added=len(ids) - len(present), updated=len(present), compacted=compacted)
 
@@ -314,7 +315,7 @@ def delete_documents(index: str | Path, ids: Iterable[str], config: UpdateConfig
     _complete_manifest(root)
     with IndexLock(root, holder=_HOLDER):
         m = _complete_manifest(root)
-        if m.get("last_op") == {"op": "delete", "digest": digest}:
+        if m.last_op == LastOp("delete", digest):
             log.warning("%s: these ids were deleted by the last commit already (a re-run?): nothing to delete", root)
             return _result(root, "delete", t0, already=True, compacted=_maybe_compact(root, config))
         from mice_index.store.reader import IndexReader
@@ -330,19 +331,18 @@ def delete_documents(index: str | Path, ids: Iterable[str], config: UpdateConfig
             raise IndexError_(f"{root}: deleting these {len(ids)} ids would leave the index empty; build a new index "
                               "instead")
         collect(root, _keep(m))
-        _commit(root, m, list(m["shards"]), np.union1d(reader.deleted_rows, dead), "delete", digest)
+        _commit(root, m, list(m.shards), np.union1d(reader.deleted_rows, dead), "delete", digest)
         compacted = _maybe_compact(root, config)
     return _result(root, "delete", t0, deleted=len(ids), compacted=compacted)
 
 
 # -- compact --
-def _policy(m: dict[str, Any], config: UpdateConfig) -> str | None:
+def _policy(m: Manifest, config: UpdateConfig) -> str | None:
     """Why the index should be compacted now (None: it should not)."""
-    rows = sum(s["num_docs"] for s in m["shards"])
-    deleted = (m.get("tombstones") or {}).get("count", 0)
+    rows, deleted = m.num_docs, m.tombstones.count if m.tombstones else 0
     if rows and deleted / rows >= config.compact_deleted_fraction:
         return f"{deleted} of {rows} rows deleted"
-    small = sum(s["num_docs"] < config.small_segment * m["settings"]["shard_docs"] for s in m["shards"][:-1])
+    small = sum(s.num_docs < config.small_segment * m.settings.shard_docs for s in m.shards[:-1])
     if small > config.compact_small_segments:
         return f"{small} small segments"
     return None
@@ -358,7 +358,7 @@ def _maybe_compact(root: Path, config: UpdateConfig) -> bool:
     return True
 
 
-def _compact_locked(root: Path, m: dict[str, Any]) -> int:
+def _compact_locked(root: Path, m: Manifest) -> int:
     """Rewrite the live rows into new full segments (stored codec columns copied as they are: no
     re-encoding) and commit them -> the number of deleted rows dropped."""
     import pyarrow.compute as pc
@@ -369,7 +369,7 @@ def _compact_locked(root: Path, m: dict[str, Any]) -> int:
 
     collect(root, _keep(m))
     reader = IndexReader(root, m, writing=True)
-    S, window = m["settings"]["shard_docs"], max(1, min(m["settings"]["window_docs"], m["settings"]["shard_docs"]))
+    S, window = m.settings.shard_docs, max(1, min(m.settings.window_docs, m.settings.shard_docs))
     idx, out_row, shards, writer = _next_shard(m), 0, [], None
     try:
         for sh in reader._shards:
@@ -377,7 +377,7 @@ def _compact_locked(root: Path, m: dict[str, Any]) -> int:
             live = np.arange(sh.num_docs)
             if reader.deleted is not None:
                 live = live[~reader.deleted[sh.start: sh.start + sh.num_docs]]
-            dense = np.load(sh.dir / L.DENSE, mmap_mode="r") if m.get("dense") else None
+            dense = np.load(sh.dir / L.DENSE, mmap_mode="r") if m.dense is not None else None
             pos = 0
             while pos < live.size:
                 if writer is None:
@@ -396,23 +396,22 @@ def _compact_locked(root: Path, m: dict[str, Any]) -> int:
                     {k: np.concatenate([p[k] for p in parts]) for k in reader.codec.columns()}))
                 out_row += chunk.size
                 if writer.num_docs == S:
-                    shards.append(_shard_entry(writer, writer.commit()))
+                    shards.append(_shard_entry(writer))
                     writer, idx = None, idx + 1
         if writer is not None:
-            shards.append(_shard_entry(writer, writer.commit()))
+            shards.append(_shard_entry(writer))
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
     dropped = int(reader.deleted_rows.size)
-    digest = hashlib.sha256(f"compact {m.get('generation')}".encode()).hexdigest()
+    digest = hashlib.sha256(f"compact {m.generation}".encode()).hexdigest()
     _commit(root, m, shards, np.zeros(0, np.int64), "compact", digest)  # codec_drift kept as it is
     return dropped
 
 
-def _is_compact(m: dict[str, Any]) -> bool:
-    S = m["settings"]["shard_docs"]
-    return not m.get("tombstones") and all(s["num_docs"] == S for s in m["shards"][:-1])
+def _is_compact(m: Manifest) -> bool:
+    return m.tombstones is None and all(s.num_docs == m.settings.shard_docs for s in m.shards[:-1])
 
 
 def compact_index(index: str | Path, refit: bool = False, config: UpdateConfig = UpdateConfig(), *,

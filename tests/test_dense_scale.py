@@ -5,13 +5,13 @@ exact re-scoring against memory-mapped stored vectors), the build-time recall in
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mice_index.build import BuildConfig, _Builder
+from mice_index.build import BuildConfig
 from mice_index.candidates import DenseConfig, DenseIndex, DenseIndexBuilder, StoredVectors
 from mice_index.candidates import dense as dense_mod
 from mice_index.candidates import vectors as vectors_mod
@@ -22,6 +22,8 @@ from mice_index.errors import IndexError_, MiceIndexError, SearchError
 from mice_index.sources import Document
 from mice_index.store import IndexReader, ShardWriter, index_info
 from mice_index.store import layout as L
+from mice_index.store.candidates_build import build_candidates
+from mice_index.store.manifest import Manifest, write_manifest
 
 DIM = 32
 
@@ -237,10 +239,10 @@ def _fake_index(root, x: np.ndarray, shard_docs: int) -> dict:
     return m
 
 
-def _build_candidates(root, m, **cfg) -> dict:
-    _Builder.build_candidates(SimpleNamespace(root=root, cfg=BuildConfig(bm25=False, **cfg)), m)
-    m["complete"] = True
-    _Builder.write_manifest(SimpleNamespace(root=root), m)
+def _build_candidates(root, m, **cfg) -> Manifest:
+    m = build_candidates(root, Manifest.from_dict(m), bm25=False, dense=BuildConfig(**cfg).dense_config())
+    m = replace(m, complete=True)
+    write_manifest(root, m)
     return m
 
 
@@ -249,8 +251,8 @@ def test_build_auto_writes_recall_to_manifest_and_info(tmp_path, monkeypatch) ->
     monkeypatch.setattr(dense_mod, "AUTO_FLAT_MAX_DOCS", 2000)
     root = tmp_path / "idx"
     m = _build_candidates(root, _fake_index(root, x, 1000))  # BuildConfig's default: auto
-    d = m["candidates"]["dense_index"]
-    assert m["candidates"]["dense_kind"] == "auto" and d["kind"] == "ivfpq" and d["queries"] == 200
+    d = m.candidates.dense_index
+    assert m.candidates.dense_kind == "auto" and d["kind"] == "ivfpq" and d["queries"] == 200
     reader = IndexReader.open(root)
     searched = DenseIndex.load(reader.dense_path)  # as the searcher opens it: refers to the shards' dense.npy
     assert json.loads((root / "dense" / "candidates.json").read_text())["vectors"]["files"][0] == \
@@ -271,14 +273,14 @@ def test_build_explicit_kind_wins_over_auto(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(dense_mod, "AUTO_FLAT_MAX_DOCS", 100)  # auto would pick ivfpq
     root = tmp_path / "idx"
     m = _build_candidates(root, _fake_index(root, x, 250), dense_kind="flat")
-    assert m["candidates"]["dense_index"] == {"kind": "flat", "recall_at_100": 1.0, "queries": 0, "k": 100,
+    assert m.candidates.dense_index == {"kind": "flat", "recall_at_100": 1.0, "queries": 0, "k": 100,
                                               "query_source": "stored document vectors (in-distribution)",
                                               "exact": True}
     assert "exact (recall@100 vs flat 1.0)" in CliRunner().invoke(app, ["info", "--index", str(root)]).stdout
     assert "--dense-kind flat" in L.rebuild_command(root)
     root2 = tmp_path / "idx2"
     m2 = _build_candidates(root2, _fake_index(root2, x, 250), dense_kind="ivfpq", dense_nprobe=3)
-    assert m2["candidates"]["dense_index"]["nprobe"] == 3
+    assert m2.candidates.dense_index["nprobe"] == 3
     assert DenseIndex.load(root2 / "dense").config.nprobe == 3
     assert "--dense-kind ivfpq --dense-nprobe 3" in L.rebuild_command(root2)
 

@@ -57,10 +57,10 @@ def assert_same_index(ref, other, ignore=("corpus", "generation")) -> None:  # g
     a, b = IndexReader.open(ref), IndexReader.open(other)
     assert a.doc_ids == b.doc_ids and len(a.doc_ids) == N_DOCS
     # shard.json holds the sha256 of every shard file: equal entries = byte-identical shards
-    assert a.manifest["shards"] == b.manifest["shards"]
-    assert a.manifest["codec"] == b.manifest["codec"]  # same trained parameters (fingerprint)
-    assert {k: v for k, v in a.manifest.items() if k not in ignore} == \
-        {k: v for k, v in b.manifest.items() if k not in ignore}
+    assert a.manifest.shards == b.manifest.shards
+    assert a.manifest.codec == b.manifest.codec  # same trained parameters (fingerprint)
+    assert {k: v for k, v in a.manifest.to_dict().items() if k not in ignore} == \
+        {k: v for k, v in b.manifest.to_dict().items() if k not in ignore}
     rows = range(a.num_docs)
     for x, y in zip(a.get_encoded(rows), b.get_encoded(rows)):
         assert all(np.array_equal(x[k], y[k]) for k in x)
@@ -80,7 +80,7 @@ def test_static_slices_then_merge_equal_local(tmp_path, corpus, tiny_model, refe
     assert r1.shards == [1, 3] and r1.encoded_docs == 32 and r1.num_docs == N_DOCS
     with pytest.raises(IndexError_, match=r"slice\(s\) 0 of 2 have not finished"):
         merge_index(index)
-    assert read_manifest(index)["complete"] is False
+    assert read_manifest(index).complete is False
     r0 = build_slice(corpus, index, CFG, 2, 0, model=tiny_model)
     assert r0.shards == [0, 2, 4] and r0.encoded_docs == 38
     info = merge_index(index)
@@ -152,8 +152,8 @@ def test_cli_slices_and_merge(tmp_path, corpus, tiny_model, reference):
     a = IndexReader.open(reference)
     b = IndexReader.open(index)
     assert a.doc_ids == b.doc_ids  # (bit-identity is proven above; the CLI has no --window-docs)
-    assert [(s["start_row"], s["num_tokens"]) for s in a.manifest["shards"]] == \
-        [(s["start_row"], s["num_tokens"]) for s in b.manifest["shards"]]
+    assert [(s.start_row, s.num_tokens) for s in a.manifest.shards] == \
+        [(s.start_row, s.num_tokens) for s in b.manifest.shards]
     b.verify()
     bad = CliRunner().invoke(app, base + ["--shard-id", "0", "--engine", "ray"])
     assert bad.exit_code != 0 and "drop --num-shards" in str(bad.exception)
@@ -219,9 +219,9 @@ def test_ray_failed_shard_then_resume(tmp_path, corpus, tiny_model, reference, r
     with pytest.raises(MiceIndexError, match="injected failure on build shard 3"):
         build_index_ray(corpus, index, CFG, model=tiny_model, num_workers=2)
     m = read_manifest(index)
-    assert m["complete"] is False and "00003" not in {s["name"] for s in m["shards"]}
+    assert m.complete is False and "00003" not in {s.name for s in m.shards}
     monkeypatch.delenv(FAULT_ENV)
-    done = sum(e["num_docs"] for e in committed_shards(index, CFG.shard_docs).values())  # on disk
+    done = sum(e.num_docs for e in committed_shards(index, CFG.shard_docs).values())  # on disk
     assert 0 < done < N_DOCS
     result = build_index_ray(corpus, index, CFG, model=tiny_model, num_workers=2)
     assert result.encoded_docs == N_DOCS - done  # committed shards were skipped

@@ -95,7 +95,7 @@ def test_overwrite_of_an_index_whose_manifest_is_damaged(tmp_path, model_dir, co
     assert (idx / "notes.txt").read_text() == "mine" and (idx / "shards").is_dir()
     (idx / "notes.txt").unlink()
     _build(corpora[1], idx, model_dir, overwrite=True)
-    assert read_manifest(idx)["complete"]
+    assert read_manifest(idx).complete
 
 
 # -- 7. a symlinked index: its target is replaced, the link stays --
@@ -106,13 +106,13 @@ def test_overwrite_of_a_symlinked_index_replaces_its_target(tmp_path, model_dir,
     target, link = disk / "idx", tmp_path / "idx"
     _build(corpora[0], target, model_dir)
     os.symlink(target, link)
-    first = read_manifest(link)["generation"]
+    first = read_manifest(link).generation
     for corpus in (corpora[1], corpora[0]):  # twice: every later --overwrite works as well
         _build(corpus, link, model_dir, overwrite=True)
         assert link.is_symlink() and os.readlink(link) == str(target)
         m = read_manifest(target)
-        assert m["complete"] and m["generation"] != first
-        first = m["generation"]
+        assert m.complete and m.generation != first
+        first = m.generation
         leftovers = [p.name for d in (tmp_path, disk) for p in d.iterdir() if p.name.startswith(".tmp-")]
         assert leftovers == []
     assert Searcher.open(link, config=SearchConfig(rerank="none", candidates="bm25")).search("bees", k=1)

@@ -83,8 +83,8 @@ def test_pruned_index_stores_exactly_the_kept_tokens(pruned):
         assert len(seq) == states.shape[0]
         assert 0 < keep.sum() < len(seq)  # every sample document has stopwords
         np.testing.assert_array_equal(kept, states[keep])  # the same states, rows dropped
-    assert cut.manifest["settings"]["prune"] == "stopwords"
-    assert "prune" not in full.manifest["settings"]  # absent = none: indexes built before pruning
+    assert cut.manifest.settings.prune == "stopwords"
+    assert full.manifest.settings.prune == "none"
     assert index_info(root / "stopwords")["prune"] == "stopwords" and index_info(root / "none")["prune"] == "none"
     assert cut.num_tokens < 0.9 * full.num_tokens
 

@@ -33,7 +33,7 @@ def test_synthetic_corpus_builds_through_the_real_pipeline(tmp_path, tiny_mice):
     build_index(corpus, tmp_path / "idx", cfg, model=tiny_mice, encoder_factory=factory)
     assert encoders[0].parts is not None  # the index's codec was bound before the shards were written
     r = IndexReader.open(tmp_path / "idx")
-    assert r.num_docs == 300 and len(r.manifest["shards"]) == 3
+    assert r.num_docs == 300 and len(r.manifest.shards) == 3
     rows = [0, 127, 128, 299]
     assert r.doc_ids_of(rows) == [docs[i][0] for i in rows]
     assert [t for _, t in r.texts(rows)] == [docs[i][1] for i in rows]

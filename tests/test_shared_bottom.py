@@ -28,7 +28,7 @@ def tower_index(tmp_path_factory, minilm_dir):
 def test_dense_stage_and_mice_share_the_bottom(tower_index):
     idx, model = tower_index
     shared = Searcher.open(idx, model=model, config=EXACT)
-    assert shared.reader.manifest["dense"]["source"] == "tower"
+    assert shared.reader.manifest.dense.source == "tower"
     assert shared._embed.model is shared.model  # no second copy of the backbone's bottom
     alone = Searcher(shared.reader, model, EXACT, DenseQueryEncoder.for_index(shared.reader))
     assert alone._embed.model is not model

@@ -372,7 +372,7 @@ def test_damaged_parquet_table_named(files, idx3):
 def test_damaged_candidate_index_named(files, tmp_path, name):
     idx = tmp_path / "withdense"
     build_index(files["corpus"], idx, _cfg(files["mice_dir"], dense="auto"), model=files["model"])
-    assert set(p.split("/")[0] for p in IndexReader.open(idx).manifest["candidates"]["files"]) == {"bm25", "dense"}
+    assert set(p.split("/")[0] for p in IndexReader.open(idx).manifest.candidates.files) == {"bm25", "dense"}
     f = max((p for p in (idx / name).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     _flip(f, [f.stat().st_size // 2])
     with pytest.raises(IndexError_, match=f"{f}: checksum mismatch in the {name} index.*--overwrite"):

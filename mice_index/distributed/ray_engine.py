@@ -21,16 +21,18 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mice_index.build import BuildConfig, BuildResult, _Builder, writing_index
-from mice_index.distributed.shards import FAULT_ENV, check_same_ids, committed_shards, encode_shard, finalize, shard_blocks, write_manifest
+from mice_index.distributed.shards import FAULT_ENV, check_same_ids, committed_shards, encode_shard, finalize, shard_blocks
 from mice_index.distributed.static import check_url, make_encoder
 from mice_index.errors import MiceIndexError
 from mice_index.model import MiceModel
 from mice_index.store import layout as L
-from mice_index.store.reader import index_info, load_codec
+from mice_index.store.codecs import load_codec
+from mice_index.store.manifest import Manifest, ShardEntry, index_info, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ def _build(ray, b: _Builder, config: BuildConfig, ray_address, num_workers, prog
         L.remove(tmp)  # uncommitted shards of an interrupted run (this driver owns the folder)
     S = config.shard_docs
     done = committed_shards(root, S)
-    m["shards"] = [done[j] for j in sorted(done)]
+    m = replace(m, shards=tuple(done[j] for j in sorted(done)))
     write_manifest(root, m)
 
     started = _start_ray(ray, ray_address, num_workers)
@@ -148,7 +150,7 @@ def _build(ray, b: _Builder, config: BuildConfig, ray_address, num_workers, prog
         fault = os.environ.get(FAULT_ENV)
         actors = [remote_cls.remote(model_ref, config, str(root), params_ref, threads, fault) for _ in range(n)]
         log.info("ray: %d actors (%s, %d torch threads each)", n, resources, threads)
-        encoded, num_docs = _dispatch(ray, actors, b, done, m, progress)
+        encoded, num_docs, m = _dispatch(ray, actors, b, done, m, progress)
         if dense is not None:
             worker_dense = ray.get(actors[0].info.remote())["dense"]
             assert worker_dense == dense, (worker_dense, dense)
@@ -160,13 +162,14 @@ def _build(ray, b: _Builder, config: BuildConfig, ray_address, num_workers, prog
             ray.kill(a)
         if started:
             ray.shutdown()
-    finalize(root, m, {int(e["name"]): e for e in m["shards"]}, num_docs, S, config.bm25, config.dense_kind,
-             m["settings"]["codec"], dense_nprobe=config.dense_nprobe)
+    finalize(root, m, {int(e.name): e for e in m.shards}, num_docs, S, config.bm25, config.dense_kind,
+             dense_nprobe=config.dense_nprobe)
     return encoded
 
 
-def _dispatch(ray, actors: list, b: _Builder, done: dict[int, dict], m: dict[str, Any], progress):
-    """Stream the corpus, send uncommitted shards to actors, record commits in the manifest."""
+def _dispatch(ray, actors: list, b: _Builder, done: dict[int, ShardEntry], m: Manifest, progress):
+    """Stream the corpus, send uncommitted shards to actors, record commits in the manifest;
+    returns (documents encoded, corpus size, the manifest listing every committed shard)."""
     S = b.cfg.shard_docs
     load = {i: 0 for i in range(len(actors))}
     in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (actor, shard)
@@ -174,7 +177,7 @@ def _dispatch(ray, actors: list, b: _Builder, done: dict[int, dict], m: dict[str
     encoded = num_docs = 0
 
     def collect(block: bool) -> None:
-        nonlocal encoded
+        nonlocal encoded, m
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=None if block else 0)
         for ref in ready:
             i, j = in_flight.pop(ref)
@@ -186,11 +189,11 @@ def _dispatch(ray, actors: list, b: _Builder, done: dict[int, dict], m: dict[str
                     raise exc.cause from None  # user-facing errors stay one clear line
                 raise
             entries[j] = entry
-            encoded += entry["num_docs"]
-            m["shards"] = [entries[k] for k in sorted(entries)]
+            encoded += entry.num_docs
+            m = replace(m, shards=tuple(entries[k] for k in sorted(entries)))
             write_manifest(b.root, m)  # progress is visible in `mice-index info`
             if progress:
-                progress(entry["num_docs"])
+                progress(entry.num_docs)
 
     try:
         for j, start, docs in shard_blocks(b.docs(), S):
@@ -213,4 +216,4 @@ def _dispatch(ray, actors: list, b: _Builder, done: dict[int, dict], m: dict[str
         raise
     while in_flight:
         collect(block=True)
-    return encoded, num_docs
+    return encoded, num_docs, m

@@ -14,18 +14,19 @@ import os
 import signal
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 
+from mice_index.candidates import DenseConfig
 from mice_index.codec import Codec
 from mice_index.encoder import DocumentEncoder
 from mice_index.errors import IndexError_, MiceIndexError
 from mice_index.sources import Document
 from mice_index.store import layout as L
-from mice_index.store.reader import verify_shards
+from mice_index.store.candidates_build import build_candidates
+from mice_index.store.manifest import Manifest, ShardEntry, verify_shards, write_manifest
 from mice_index.store.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 # "kill:J:MARKER" SIGKILLs the worker process before committing shard J the first time
 # (MARKER is a file created to remember that the kill already happened).
 FAULT_ENV = "MICE_INDEX_TEST_SHARD_FAULT"
-ENTRY_KEYS = ("start_row", "num_docs", "num_tokens", "truncated_docs", "empty_docs")
 
 
 class ShardFault(MiceIndexError):
@@ -54,18 +54,11 @@ def shard_blocks(docs: Iterable[Document], shard_docs: int) -> Iterator[tuple[in
         yield j, j * shard_docs, block
 
 
-def shard_entry(shard_dir: Path) -> dict[str, Any]:
-    """The manifest entry of a committed shard (read from its shard.json)."""
-    meta = L.read_json(shard_dir / L.SHARD_META, "shard metadata")
-    return {"name": shard_dir.name, "sha256": L.sha256_file(shard_dir / L.SHARD_META),
-            **{k: meta[k] for k in ENTRY_KEYS}}
-
-
-def committed_shards(root: Path, shard_docs: int) -> dict[int, dict[str, Any]]:
+def committed_shards(root: Path, shard_docs: int) -> dict[int, ShardEntry]:
     """{shard index: manifest entry} of every committed shard folder (gaps allowed; sizes checked,
     uncommitted `.tmp-*` folders ignored: each belongs to the worker writing it)."""
     sdir = Path(root) / L.SHARDS_DIR
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, ShardEntry] = {}
     if not sdir.is_dir():
         return out
     for d in sorted(p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX)):
@@ -79,23 +72,23 @@ def committed_shards(root: Path, shard_docs: int) -> dict[int, dict[str, Any]]:
             if not (d / rel).is_file() or (d / rel).stat().st_size != f["bytes"]:
                 raise IndexError_(f"{d / rel}: missing or wrong size (shard {d.name} is damaged; delete that "
                                   "shard folder and re-run to rebuild it)")
-        out[j] = shard_entry(d)
+        out[j] = ShardEntry.read(d)
     return out
 
 
-def check_same_ids(root: Path, entry: dict[str, Any], docs: list[Document], corpus) -> None:
+def check_same_ids(root: Path, entry: ShardEntry, docs: list[Document], corpus) -> None:
     """A committed shard must hold exactly the ids the corpus has at its rows (resume safety)."""
     import pyarrow.parquet as pq
 
-    path = Path(root) / L.SHARDS_DIR / entry["name"] / L.DOCS
+    path = Path(root) / L.SHARDS_DIR / entry.name / L.DOCS
     stored = pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()
     for k, (a, d) in enumerate(zip(stored, docs)):
         if a != d.doc_id:
             raise IndexError_(f"{root}: the corpus differs from the one this unfinished index was started with: "
-                              f"row {entry['start_row'] + k} is {a!r} in the index, {d.doc_id!r} in {corpus}; "
+                              f"row {entry.start_row + k} is {a!r} in the index, {d.doc_id!r} in {corpus}; "
                               "pass --overwrite to start over")
     if len(stored) != len(docs):
-        raise IndexError_(f"{root}: shard {entry['name']} holds {len(stored)} documents but the corpus has "
+        raise IndexError_(f"{root}: shard {entry.name} holds {len(stored)} documents but the corpus has "
                           f"{len(docs)} at its rows; the corpus changed since the build started")
 
 
@@ -114,13 +107,13 @@ def _fault(fault: str | None, j: int, stage: str) -> None:
 
 
 def encode_shard(encoder: DocumentEncoder, codec: Codec, root: Path, j: int, start_row: int,
-                 docs: list[Document], shard_docs: int, fault: str | None = None) -> dict[str, Any]:
+                 docs: list[Document], shard_docs: int, fault: str | None = None) -> ShardEntry:
     """Encode and atomically commit build shard j (rows start_row..); idempotent: a shard that is
     already committed (e.g. by an attempt whose reply was lost) is returned as is, never rewritten."""
     root = Path(root)
     final = root / L.SHARDS_DIR / L.shard_name(j)
     if (final / L.SHARD_META).is_file():
-        return shard_entry(final)
+        return ShardEntry.read(final)
     _fault(fault, j, "start")
     writer = ShardWriter(root, j, start_row, codec)
     try:
@@ -132,7 +125,7 @@ def encode_shard(encoder: DocumentEncoder, codec: Codec, root: Path, j: int, sta
     except BaseException:
         writer.abort()
         raise
-    return shard_entry(final)
+    return ShardEntry.read(final)
 
 
 def publish_codec(root: Path, codec: Codec) -> bool:
@@ -158,20 +151,11 @@ def publish_codec(root: Path, codec: Codec) -> bool:
     return True
 
 
-def write_manifest(root: Path, m: dict[str, Any]) -> None:
-    """Same as the single-process build: counts recomputed from the shard list, atomic write."""
-    from mice_index.build import _Builder
-
-    _Builder.write_manifest(SimpleNamespace(root=Path(root)), m)
-
-
-def finalize(root: Path, m: dict[str, Any], entries: dict[int, dict[str, Any]], num_docs: int,
-             shard_docs: int, bm25: bool, dense_kind: str, codec_name: str,
-             dense_nprobe: int | None = None) -> dict[str, Any]:
+def finalize(root: Path, m: Manifest, entries: dict[int, ShardEntry], num_docs: int, shard_docs: int,
+             bm25: bool, dense_kind: str, dense_nprobe: int | None = None) -> Manifest:
     """All shards of a `num_docs`-document corpus committed -> verify their checksums, build the
-    candidate indexes, write the manifest with complete=true (the single-process build's last step)."""
-    from mice_index.build import BuildConfig, _Builder
-
+    candidate indexes, write the manifest with complete=true (the single-process build's last
+    step, through the same store functions); returns the committed manifest."""
     root = Path(root)
     expected = -(-num_docs // shard_docs)
     missing = [j for j in range(expected) if j not in entries]
@@ -182,15 +166,12 @@ def finalize(root: Path, m: dict[str, Any], entries: dict[int, dict[str, Any]], 
     if extra:
         raise IndexError_(f"{root}: shard {L.shard_name(extra[0])} lies beyond the corpus end "
                           f"({num_docs} documents); the corpus changed since the build started")
-    m["shards"] = [entries[j] for j in range(expected)]
-    if sum(e["num_docs"] for e in m["shards"]) != num_docs:
-        raise IndexError_(f"{root}: committed shards hold {sum(e['num_docs'] for e in m['shards'])} documents, "
-                          f"the corpus has {num_docs}")
+    m = replace(m, shards=tuple(entries[j] for j in range(expected)))
+    if m.num_docs != num_docs:
+        raise IndexError_(f"{root}: committed shards hold {m.num_docs} documents, the corpus has {num_docs}")
     verify_shards(root, m, deep=True)
     write_manifest(root, m)
-    cfg = BuildConfig(codec=codec_name, bm25=bm25, dense_kind=dense_kind, dense_nprobe=dense_nprobe,
-                      shard_docs=shard_docs)
-    _Builder.build_candidates(SimpleNamespace(root=root, cfg=cfg), m)
-    m["complete"] = True
+    m = build_candidates(root, m, bm25=bm25, dense=DenseConfig(kind=dense_kind, nprobe=dense_nprobe))
+    m = replace(m, complete=True)
     write_manifest(root, m)
     return m

@@ -19,9 +19,8 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,15 @@ from mice_index.distributed.shards import (
     finalize,
     publish_codec,
     shard_blocks,
-    write_manifest,
 )
 from mice_index.encoder import DocumentEncoder
 from mice_index.errors import IndexError_, MiceIndexError
 from mice_index.model import MiceModel
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
-from mice_index.store.reader import index_info, load_codec, read_manifest
+from mice_index.store.codecs import load_codec
+from mice_index.store.manifest import (CodecInfo, DenseInfo, Manifest, ModelInfo, index_info, new_manifest,
+                                       read_manifest, write_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -72,33 +72,23 @@ def check_url(index: str | os.PathLike) -> Path:
     return Path(s[len("file://"):] if s.startswith("file://") else s)
 
 
-def make_encoder(b: _Builder) -> tuple[DocumentEncoder, dict[str, Any] | None]:
+def make_encoder(b: _Builder) -> tuple[DocumentEncoder, DenseInfo | None]:
     """The document encoder of the single-process build (same settings, same dense source)."""
     tower, dmodel, dtower, dense_desc = _load_dense(b.model, b.cfg)
     encoder = DocumentEncoder(b.model, b.encoder_config(), tower, dmodel, dtower)
     if dense_desc is not None:
-        dense_desc["dim"] = encoder.dense_dim
+        dense_desc = replace(dense_desc, dim=encoder.dense_dim)
     return encoder, dense_desc
 
 
-def manifest_for(b: _Builder, codec: Codec, dense: dict[str, Any] | None) -> dict[str, Any]:
+def manifest_for(b: _Builder, codec: Codec, dense: DenseInfo | None) -> Manifest:
     """The single-process build's first (incomplete) manifest for an already published codec."""
-    codec_dir = b.root / L.CODEC_DIR
-    saved = b.root / f"{L.TMP_PREFIX}unused-{uuid.uuid4().hex[:12]}"  # private: slices start together
-    saved.mkdir()
-    # _Builder.new_manifest also (re)writes INDEX/codec; give it a scratch root instead.
-    probe = _Builder.__new__(_Builder)
-    probe.__dict__.update(b.__dict__)
-    probe.root = saved
-    try:
-        m = probe.new_manifest(codec, dense)
-    finally:
-        L.remove(saved)
-    assert codec_dir.is_dir()
-    return m
+    assert (b.root / L.CODEC_DIR).is_dir()
+    return new_manifest(corpus=str(b.corpus), model=ModelInfo.of(b.model, b.model_name), settings=b.settings,
+                        codec=CodecInfo.of(codec), dense=dense)
 
 
-def open_shared(b: _Builder, encoder: DocumentEncoder, dense: dict[str, Any] | None) -> dict[str, Any]:
+def open_shared(b: _Builder, encoder: DocumentEncoder, dense: DenseInfo | None) -> Manifest:
     """Join (or start) an index that several slices write at once; returns its manifest."""
     root = b.root
     if (root / L.MANIFEST).exists():
@@ -157,7 +147,7 @@ def build_slice(corpus, index, config: BuildConfig, num_slices: int, slice_id: i
         return _build_slice(b, encoder, dense, corpus, config, num_slices, slice_id, progress, t0)
 
 
-def _build_slice(b: _Builder, encoder: DocumentEncoder, dense: dict[str, Any] | None, corpus, config: BuildConfig,
+def _build_slice(b: _Builder, encoder: DocumentEncoder, dense: DenseInfo | None, corpus, config: BuildConfig,
                  num_slices: int, slice_id: int, progress, t0: float) -> SliceResult:
     root = b.root
     m = open_shared(b, encoder, dense)
@@ -202,7 +192,7 @@ def merge_index(index) -> dict[str, Any]:
 
 def _merge(root: Path) -> dict[str, Any]:
     m = read_manifest(root)
-    if m.get("complete"):
+    if m.complete:
         log.info("%s is already complete", root)
         return index_info(root)
     sdir = root / SLICES_DIR
@@ -224,10 +214,10 @@ def _merge(root: Path) -> dict[str, Any]:
         if any(mk.get(key) != first.get(key) for mk in markers):
             raise IndexError_(f"{root}: slices disagree on {key} ({sorted({str(mk.get(key)) for mk in markers})})")
     S = first["shard_docs"]
-    if S != m["settings"]["shard_docs"]:
-        raise IndexError_(f"{root}: slices used shard_docs {S}, the manifest says {m['settings']['shard_docs']}")
+    if S != m.settings.shard_docs:
+        raise IndexError_(f"{root}: slices used shard_docs {S}, the manifest says {m.settings.shard_docs}")
     finalize(root, m, committed_shards(root, S), first["num_docs"], S, first["bm25"], first["dense_kind"],
-             m["settings"]["codec"], dense_nprobe=first.get("dense_nprobe"))
+             dense_nprobe=first.get("dense_nprobe"))
     L.remove(sdir)
     for f in root.glob(f"{LOCK}-slice-*"):
         L.remove(f)  # no slice can hold one: this merge holds the index lock exclusively

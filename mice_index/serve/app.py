@@ -318,7 +318,7 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
     def settings() -> dict:
         from mice_index.search import resolve_alpha
 
-        name = model_name or searcher.reader.manifest["model"]["name"]
+        name = model_name or searcher.reader.manifest.model.name
         return {"k": k, "candidates": base.candidates, "depth": base.depth, "rerank": base.rerank,
                 "alpha": resolve_alpha(base.alpha, engine.base.model), "model": display_model_name(name),
                 "bm25_fallback": "a query with no BM25 term (only stopwords?) gets dense candidates"

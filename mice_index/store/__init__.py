@@ -9,10 +9,13 @@ from importlib import import_module
 
 from mice_index.store.layout import FORMAT_VERSION
 
-__all__ = ["FORMAT_VERSION", "IndexChanged", "IndexReader", "ShardWriter", "index_info", "read_manifest", "verify_shards"]
+__all__ = ["FORMAT_VERSION", "IndexChanged", "IndexReader", "Manifest", "ShardWriter", "build_candidates", "index_info",
+           "new_manifest", "read_manifest", "upgrade_index", "verify_shards", "write_manifest"]
 
-_HOMES = {"IndexChanged": "generation", "IndexReader": "reader", "ShardWriter": "writer", "index_info": "manifest",
-          "read_manifest": "manifest", "verify_shards": "manifest"}
+_HOMES = {"IndexChanged": "generation", "IndexReader": "reader", "Manifest": "manifest", "ShardWriter": "writer",
+          "build_candidates": "candidates_build", "index_info": "manifest", "new_manifest": "manifest",
+          "read_manifest": "manifest", "upgrade_index": "upgrade", "verify_shards": "manifest",
+          "write_manifest": "manifest"}
 
 
 def __getattr__(name: str):

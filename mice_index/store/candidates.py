@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from mice_index.candidates import BM25Index, DenseIndex, StoredVectors
@@ -26,6 +24,7 @@ from mice_index.candidates.base import read_meta, save_rows_map
 from mice_index.candidates.bm25 import BM25Config
 from mice_index.errors import os_errors
 from mice_index.store import layout as L
+from mice_index.store.manifest import Candidates
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def _commit(root: Path, folder: str, write) -> None:
     L.commit_dir(tmp, root / folder)
 
 
-def derive_candidates(root: Path, reader, previous: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+def derive_candidates(root: Path, reader, previous: Candidates, names: dict[str, str]) -> Candidates:
     """Build the candidate indexes of `reader`'s commit (its live rows) into root/names["bm25"] and
     root/names["dense"] (each written to a `.tmp-` folder, then renamed) -> the manifest's
     "candidates" entry. `previous`: the candidates entry of the commit this one follows (which
@@ -73,10 +72,9 @@ def derive_candidates(root: Path, reader, previous: dict[str, Any], names: dict[
     root = Path(root)
     rows_map = None if reader.deleted is None else reader.live_rows()
     n = reader.num_live
-    out: dict[str, Any] = {k: v for k, v in previous.items() if k in ("dense_kind", "dense_nprobe")}
-    out.update({"bm25": None, "dense": None, "dense_index": None})
-    if previous.get("bm25"):
-        old = root / previous["bm25"]
+    out = {"bm25": None, "dense": None, "dense_index": None}
+    if previous.bm25:
+        old = root / previous.bm25
         config = BM25Config(**read_meta(old, BM25Index.name)["config"])
 
         def write_bm25(tmp: Path) -> None:
@@ -86,8 +84,8 @@ def derive_candidates(root: Path, reader, previous: dict[str, Any], names: dict[
         log.info("BM25 over %d live documents", n)
         _commit(root, names["bm25"], write_bm25)
         out["bm25"] = names["bm25"]
-    if previous.get("dense"):
-        old = DenseIndex.load(root / previous["dense"], mmap=False)
+    if previous.dense:
+        old = DenseIndex.load(root / previous.dense, mmap=False)
         vectors = _live_vectors(reader, rows_map)
         cfg = old.config
         if cfg.kind in ("ivf", "ivfpq"):  # keep the trained quantizer / codebooks; add the live vectors
@@ -109,6 +107,6 @@ def derive_candidates(root: Path, reader, previous: dict[str, Any], names: dict[
         out["dense_index"] = {**built.describe(), **recall}
         log.info("dense index %s over %d live documents: recall@100 vs flat %.4f", cfg.kind, n,
                  recall["recall_at_100"])
-    out["files"] = {k: v for name in (out["bm25"], out["dense"]) if name
-                    for k, v in L.crc32c_table(root, name).items()}
-    return out
+    files = {k: v for name in (out["bm25"], out["dense"]) if name for k, v in L.crc32c_table(root, name).items()}
+    return Candidates(bm25=out["bm25"], dense=out["dense"], dense_kind=previous.dense_kind,
+                      dense_nprobe=previous.dense_nprobe, dense_index=out["dense_index"], files=files)

@@ -27,10 +27,13 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mice_index.errors import IndexError_
 from mice_index.store import layout as L
+
+if TYPE_CHECKING:
+    from mice_index.store.manifest import Manifest
 
 __all__ = ["Generation", "IndexChanged", "new_generation"]
 
@@ -57,8 +60,8 @@ class Generation:
     """The generation of the index in `root` that a reader was opened on (its manifest's
     `generation` id; for an index written before ids existed, the manifest file's identity)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]):
-        self.root, self.id = Path(root), manifest.get("generation")
+    def __init__(self, root: Path, manifest: Manifest):
+        self.root, self.id = Path(root), manifest.generation
         self._stamp = _stamp(self.root / L.MANIFEST)
         self._kept: tuple[int, int, int, int] | None = None  # manifest stamp that still keeps our files
 

@@ -22,8 +22,12 @@ from typing import Any
 
 from mice_index.errors import IndexError_, os_errors
 
-FORMAT_VERSION = 2  # 2: every inner zarr chunk carries a crc32c (format 1 had none; still read)
-READABLE_VERSIONS = (1, 2)
+# 2: every inner zarr chunk carries a crc32c (format 1 had none; still read). 3: the typed manifest
+# (store/manifest.py) with optional fields / passages / tombstones; a format-2 manifest is read as is
+# and `mice-index upgrade` rewrites it as format 3 (the shard files are the same).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+CHUNK_CRC_VERSION = 2  # first format whose state chunks carry crc32c
 MANIFEST = "manifest.json"
 SHARD_META = "shard.json"
 STATES = "states.zarr"
@@ -146,20 +150,21 @@ _OPTIONS = (("codec", "--codec", "fp16"), ("shard_docs", "--shard-docs", 8192), 
 def rebuild_command(root: Path) -> str | None:
     """The `mice-index build ... --overwrite` command that rebuilds the index in `root` with the
     options its manifest records (None if the manifest cannot be read)."""
+    from mice_index.store.manifest import Manifest
+
     try:
-        m = json.loads((root / MANIFEST).read_text())
-        corpus, settings, model = m["corpus"], m["settings"], m["model"]["name"]
-    except (OSError, ValueError, KeyError, TypeError):
+        m = Manifest.from_dict(json.loads((root / MANIFEST).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    args = [f"--corpus {corpus}", f"--index {root}"]
-    if model != "default":
-        args.append(f"--model {model}")
-    args += [f"{flag} {settings[k]}" for k, flag, default in _OPTIONS if k in settings and settings[k] != default]
-    cands = m.get("candidates") or {}
-    if cands.get("dense_kind") and cands["dense_kind"] != "auto":  # indexes from before auto: flat, explicit
-        args.append(f"--dense-kind {cands['dense_kind']}")
-    if cands.get("dense_nprobe"):
-        args.append(f"--dense-nprobe {cands['dense_nprobe']}")
+    args = [f"--corpus {m.corpus}", f"--index {root}"]
+    if m.model.name != "default":
+        args.append(f"--model {m.model.name}")
+    args += [f"{flag} {getattr(m.settings, k)}" for k, flag, default in _OPTIONS if getattr(m.settings, k) != default]
+    cands = m.candidates
+    if cands.dense_kind and cands.dense_kind != "auto":  # indexes from before auto: flat, explicit
+        args.append(f"--dense-kind {cands.dense_kind}")
+    if cands.dense_nprobe:
+        args.append(f"--dense-nprobe {cands.dense_nprobe}")
     return "mice-index build " + " ".join(args) + " --overwrite"
 
 

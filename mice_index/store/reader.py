@@ -21,7 +21,7 @@ from mice_index.store import layout as L
 from mice_index.store.codecs import load_codec  # noqa: F401 (re-exported)
 from mice_index.store.generation import Generation, IndexChanged  # noqa: F401 (re-exported)
 from mice_index.store.lock import LOCK, is_locked  # noqa: F401
-from mice_index.store.manifest import index_info, read_manifest, verify_shards  # noqa: F401 (re-exported)
+from mice_index.store.manifest import Manifest, ShardEntry, index_info, read_manifest, verify_shards  # noqa: F401
 from mice_index.store.segments import deleted_mask, read_tombstones
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,10 @@ class _Column:
 
 
 class _Shard:
-    def __init__(self, root: Path, info: dict[str, Any], columns: list[str]):
-        self.root, self.name = root, info["name"]
-        self.dir = root / L.SHARDS_DIR / info["name"]
-        self.start, self.num_docs = info["start_row"], info["num_docs"]
+    def __init__(self, root: Path, info: ShardEntry, columns: list[str]):
+        self.root, self.name = root, info.name
+        self.dir = root / L.SHARDS_DIR / info.name
+        self.start, self.num_docs = info.start_row, info.num_docs
         self._names = columns
         self.opened = lambda: None  # called after each by-path open (IndexReader: its generation check)
 
@@ -249,14 +249,14 @@ class IndexReader:
     kept until `compact`), but `deleted` marks them, and `num_live`, `doc_ids`, `row_of` and
     `live_rows` skip them (store/segments.py)."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], writing: bool = False):
+    def __init__(self, root: Path, manifest: Manifest, writing: bool = False):
         """`writing`: a commit being written (mice_index/update.py) reads its own manifest before
         it is on disk; no generation checks then (the writer holds the lock)."""
         self.root, self.manifest = Path(root), manifest
         self.codec: Codec = load_codec(self.root, manifest)
         cols = list(self.codec.columns())
         self.generation = Generation(self.root, manifest)  # the build this reader holds
-        self._shards = [_Shard(self.root, s, cols) for s in manifest["shards"]]
+        self._shards = [_Shard(self.root, s, cols) for s in manifest.shards]
         for s in self._shards:
             if not writing:
                 s.opened = self.generation.check
@@ -270,15 +270,15 @@ class IndexReader:
     @classmethod
     def open(cls, path: str | Path, allow_incomplete: bool = False) -> IndexReader:
         manifest = read_manifest(Path(path))
-        if not manifest.get("complete") and not allow_incomplete:
+        if not manifest.complete and not allow_incomplete:
             if is_locked(path):
                 raise IndexBusyError(f"{path}: index is being built (another process holds the lock "
                                      f"{Path(path) / LOCK}); wait for that build to finish")
             raise IndexError_(f"{path}: index is incomplete (its build was interrupted or failed); "
                               "re-run the same `mice-index build` command to finish it")
-        if manifest["format_version"] < L.FORMAT_VERSION:
+        if manifest.format_version < L.CHUNK_CRC_VERSION:
             log.info("%s: index format %s has no per-chunk checksums (rebuild with --overwrite to add them)",
-                     path, manifest["format_version"])
+                     path, manifest.format_version)
         return cls(Path(path), manifest)
 
     # -- basic properties --
@@ -298,11 +298,11 @@ class IndexReader:
 
     @property
     def num_tokens(self) -> int:
-        return int(sum(s["num_tokens"] for s in self.manifest["shards"]))
+        return self.manifest.num_tokens
 
     @property
     def hidden_size(self) -> int:
-        return int(self.manifest["model"]["hidden_size"])
+        return int(self.manifest.model.hidden_size)
 
     @property
     def chunk_checksums(self) -> bool:
@@ -329,7 +329,7 @@ class IndexReader:
         `mice-index info --verify` checks every crc32c). Indexes built before these were recorded:
         not checked."""
         folder = self.root / self.candidate_folder(name)
-        files = {rel: want for rel, want in ((self.manifest.get("candidates") or {}).get("files", {})).items()
+        files = {rel: want for rel, want in self.manifest.candidates.files.items()
                  if rel.startswith(folder.name + "/")}
         deep = sum(want["bytes"] for want in files.values()) <= CANDIDATE_CRC_BYTES
         for rel, want in files.items():
@@ -346,7 +346,7 @@ class IndexReader:
     def candidate_folder(self, name: str) -> str:
         """The folder name of candidate index `name` (bm25 / dense) in this commit: the build's
         `bm25` / `dense`, or the `bm25-<generation>` / ... of a later update (store/segments.py)."""
-        return (self.manifest.get("candidates") or {}).get(name) or name
+        return getattr(self.manifest.candidates, name, None) or name
 
     @property
     def bm25_path(self) -> Path:
@@ -500,7 +500,7 @@ class IndexReader:
 
     def dense_vectors(self, rows=None) -> np.ndarray | None:
         """Stored dense vectors [n, Dd] (all rows by default); None without a dense model."""
-        if not self.manifest.get("dense"):
+        if self.manifest.dense is None:
             return None
         mats = []
         for s in self._shards:

@@ -5,15 +5,14 @@ segments; `add` writes new ones after the last store row, `delete` writes a tomb
 sorted store rows deleted so far), and the manifest, written last and atomically, is the commit
 point that names the segments, the tombstone file and the candidate folders of one state. Every
 commit writes new files under names no earlier commit used (`<kind>-<generation>`), and keeps the
-files of the commit before it (`manifest["previous"]["files"]`) so that a reader opened on that
+files of the commit before it (`Manifest.previous.files`) so that a reader opened on that
 one keeps working until it reopens (store/generation.py). Everything else under the index folder
 that a commit does not reference is garbage of a killed run or of an older commit: `collect`
 removes it, under the write lock, before and after each commit.
 
-Manifest keys (absent = an index never updated):
-    "tombstones": {"file": "tombstones-<gen>.npy", "count": n, "sha256": ...} | None
-    "previous":   {"generation": id, "files": [root-relative names kept for its readers]} | None
-    "last_op":    {"op": "add" | "delete" | "compact", "digest": sha256 of its input} | None
+Manifest parts (store/manifest.py; None = an index never updated): `tombstones` (Tombstones:
+file "tombstones-<gen>.npy", count, sha256), `previous` (Previous: generation, files kept for its
+readers), `last_op` (LastOp: "add" | "delete" | "compact", sha256 of its input).
 """
 
 from __future__ import annotations
@@ -21,12 +20,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from mice_index.errors import IndexError_, os_errors
 from mice_index.store import layout as L
+from mice_index.store.manifest import Manifest, Tombstones
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +36,18 @@ TOMBSTONE_PREFIX = "tombstones-"
 _OWNED_PREFIXES = (TOMBSTONE_PREFIX, L.BM25_DIR, L.DENSE_DIR)
 
 
-def referenced(manifest: dict[str, Any]) -> set[str]:
+def referenced(manifest: Manifest) -> set[str]:
     """Root-relative names (folders or files) that the commit `manifest` reads."""
-    refs = {f"{L.SHARDS_DIR}/{s['name']}" for s in manifest["shards"]}
-    stones = manifest.get("tombstones")
-    if stones:
-        refs.add(stones["file"])
-    cands = manifest.get("candidates") or {}
-    refs.update(cands[k] for k in ("bm25", "dense") if cands.get(k))
+    refs = {f"{L.SHARDS_DIR}/{s.name}" for s in manifest.shards}
+    if manifest.tombstones is not None:
+        refs.add(manifest.tombstones.file)
+    refs.update(name for name in (manifest.candidates.bm25, manifest.candidates.dense) if name)
     return refs
 
 
-def write_tombstones(root: Path, name: str, rows: np.ndarray) -> dict[str, Any]:
+def write_tombstones(root: Path, name: str, rows: np.ndarray) -> Tombstones:
     """Write the sorted deleted store rows (int64 [n]) to root/name (tmp + fsync + rename) -> the
-    manifest entry {file, count, sha256}."""
+    manifest entry."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     path, tmp = root / name, root / (L.TMP_PREFIX + name)
     with os_errors(path, "writing the tombstones"):
@@ -60,26 +57,26 @@ def write_tombstones(root: Path, name: str, rows: np.ndarray) -> dict[str, Any]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         L.fsync_dir(root)
-    return {"file": name, "count": int(rows.size), "sha256": L.sha256_file(path)}
+    return Tombstones(file=name, count=int(rows.size), sha256=L.sha256_file(path))
 
 
-def read_tombstones(root: Path, manifest: dict[str, Any]) -> np.ndarray:
+def read_tombstones(root: Path, manifest: Manifest) -> np.ndarray:
     """Sorted deleted store rows (int64 [n]; empty without tombstones); IndexError_ naming the file
     when it is missing, altered or out of range."""
-    entry = manifest.get("tombstones")
-    if not entry:
+    entry = manifest.tombstones
+    if entry is None:
         return np.zeros(0, np.int64)
-    path = Path(root) / entry["file"]
+    path = Path(root) / entry.file
     if not path.is_file():
         raise L.damaged(path, "tombstone file missing", Path(root))
-    if L.sha256_file(path) != entry["sha256"]:
+    if L.sha256_file(path) != entry.sha256:
         raise L.damaged(path, "checksum mismatch in the tombstone file", Path(root))
     try:
         rows = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise L.damaged(path, f"cannot read the tombstone file ({exc})", Path(root)) from None
-    num_rows = sum(s["num_docs"] for s in manifest["shards"])
-    if rows.ndim != 1 or rows.size != entry["count"] or (rows.size and (rows[0] < 0 or rows[-1] >= num_rows)):
+    num_rows = manifest.num_docs
+    if rows.ndim != 1 or rows.size != entry.count or (rows.size and (rows[0] < 0 or rows[-1] >= num_rows)):
         raise L.damaged(path, "tombstone rows do not fit the index", Path(root))
     return rows.astype(np.int64, copy=False)
 
@@ -118,11 +115,10 @@ def collect(root: Path, keep: set[str]) -> list[str]:
     return removed
 
 
-def check_rows(manifest: dict[str, Any]) -> None:
+def check_rows(manifest: Manifest) -> None:
     """IndexError_ unless the manifest's segments tile the store rows 0..N-1 in order."""
     row = 0
-    for s in manifest["shards"]:
-        if s["start_row"] != row:
-            raise IndexError_(f"segment {s['name']} starts at row {s['start_row']}, expected {row} (the index is "
-                              "damaged)")
-        row += s["num_docs"]
+    for s in manifest.shards:
+        if s.start_row != row:
+            raise IndexError_(f"segment {s.name} starts at row {s.start_row}, expected {row} (the index is damaged)")
+        row += s.num_docs
