@@ -91,6 +91,16 @@ def _complete_manifest(root: Path) -> Manifest:
     return m
 
 
+def _check_supported(m: Manifest, root: Path, what: str) -> None:
+    """IndexError_ for an index whose rows carry more than this module rewrites (metadata fields,
+    passages): `add` and `compact` would write segments without those columns."""
+    extra = [name for name, on in (("metadata fields (--field)", bool(m.settings.fields)),
+                                   ("passages (--passages)", m.settings.passages is not None)) if on]
+    if extra:
+        raise IndexError_(f"{root}: {what} is not supported yet for an index built with {' and '.join(extra)}; "
+                          "rebuild it with `mice-index build --overwrite` instead")
+
+
 def _keep(m: Manifest) -> set[str]:
     return referenced(m) | set(m.previous.files if m.previous else ())
 
@@ -249,6 +259,7 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
     _complete_manifest(root)  # a missing / incomplete index: its own error, before the lock
     with IndexLock(root, holder=_HOLDER):
         m = _complete_manifest(root)
+        _check_supported(m, root, "add")
         ids, digest = _scan(corpus, m.settings, update)
         if m.last_op == LastOp("add", digest):
             log.warning("%s: these documents were the last commit already (a re-run?): nothing to add", root)
@@ -353,6 +364,10 @@ def _maybe_compact(root: Path, config: UpdateConfig) -> bool:
     why = _policy(m, config) if config.auto_compact else None
     if why is None:
         return False
+    if m.settings.fields or m.settings.passages is not None:
+        log.warning("%s: would compact (%s), but compaction does not support this index's fields / passages yet",
+                    root, why)
+        return False
     log.info("%s: compacting (%s)", root, why)
     _compact_locked(root, m)
     return True
@@ -429,6 +444,7 @@ def compact_index(index: str | Path, refit: bool = False, config: UpdateConfig =
     _complete_manifest(root)
     with IndexLock(root, holder=_HOLDER):
         m = _complete_manifest(root)
+        _check_supported(m, root, "compact")
         if _is_compact(m):
             log.info("%s: already compact (no deleted rows, full segments)", root)
             return _result(root, "compact", t0)

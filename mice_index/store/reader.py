@@ -58,6 +58,7 @@ class _Column:
             self._map(*layout)
 
     def _damaged(self, path: Path, detail: str) -> IndexError_:
+        self.opened()  # a file removed by a later commit: IndexChanged, not damage
         return L.damaged(path, detail, self.root, self.shard)
 
     def _layout(self) -> tuple[int, int, bool, bool] | None:
@@ -161,6 +162,7 @@ class _Shard:
         self.opened = lambda: None  # called after each by-path open (IndexReader: its generation check)
 
     def damaged(self, path: Path, detail: str) -> IndexError_:
+        self.opened()  # a file removed by a later commit (or a replaced index): IndexChanged, not damage
         return L.damaged(path, detail, self.root, self.name)
 
     @cached_property
@@ -216,7 +218,6 @@ class _Shard:
         except IndexChanged:
             raise
         except FileNotFoundError:
-            self.opened()  # removed by a later commit (IndexChanged), not damaged
             raise self.damaged(path, "document table missing") from None
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
             raise self.damaged(path, f"cannot read document table ({str(exc).splitlines()[0][:120]})") from None
@@ -232,7 +233,6 @@ class _Shard:
         except IndexChanged:
             raise
         except FileNotFoundError:
-            self.opened()  # removed by a later commit (IndexChanged), not damaged
             raise self.damaged(path, "document table missing") from None
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
             raise self.damaged(path, f"cannot read document table ({str(exc).splitlines()[0][:120]})") from None
