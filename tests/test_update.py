@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -187,8 +188,21 @@ def test_searcher_keeps_its_commit_point_and_the_server_reopens(tmp_path, model_
     marker = {"_id": "new-1", "title": "unique-marker-term", "text": "unique-marker-term volcano honey bees"}
     with TestClient(create_app(old)) as client:
         assert client.get("/search", params=params).status_code == 200
-        add_documents(idx, _write(tmp_path / "a.jsonl", [marker, *docs[12:14]]), model=model)
-        delete_documents(idx, [docs[0]["_id"]], config=NO_AUTO)  # a second commit: the old one's files go
+        codes, stop = [], threading.Event()
+
+        def hammer():  # requests all along the two commits: none may fail
+            while not stop.is_set():
+                codes.append(client.get("/search", params=params).status_code)
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            add_documents(idx, _write(tmp_path / "a.jsonl", [marker, *docs[12:14]]), model=model)
+            delete_documents(idx, [docs[0]["_id"]], config=NO_AUTO)  # a second commit: the old one's files go
+        finally:
+            stop.set()
+            worker.join()
+        assert codes and set(codes) == {200}, codes
         got = client.get("/search", params=params)  # the server reopens between requests
         assert got.status_code == 200, got.text
         assert got.json()["results"][0]["hits"][0]["doc_id"] == "new-1"
