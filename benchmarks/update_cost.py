@@ -69,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default="/work/shared/datasets/cranfield")
     ap.add_argument("--fraction", type=float, default=0.01)
+    ap.add_argument("--codec", default="fp16", help="build codec (a trained one, e.g. compact, reports codec drift)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--queries", type=int, default=20, help="queries compared between add and rebuild")
     ap.add_argument("--ivfpq", action="store_true", help="also: add to an ivfpq dense index (recall vs flat)")
@@ -82,8 +83,8 @@ def main() -> None:
     base_corpus, new_corpus = write(tmp / "base.jsonl", base_docs), write(tmp / "new.jsonl", new_docs)
     full_corpus = write(tmp / "full.jsonl", docs)
     model = load_model(None)
-    cfg = BuildConfig(shard_docs=1024)
-    res: dict = {"corpus": args.corpus, "docs": len(docs), "added": n_new, "threads": args.threads,
+    cfg = BuildConfig(shard_docs=1024, codec=args.codec)
+    res: dict = {"corpus": args.corpus, "docs": len(docs), "added": n_new, "codec": args.codec, "threads": args.threads,
                  "cpu": platform.processor(), "loadavg_start": os.getloadavg()}
     res["build_base_s"], _ = timed(lambda: build_index(base_corpus, tmp / "idx", cfg, model=model))
     res["add_s"], r = timed(lambda: add_documents(tmp / "idx", new_corpus, model=model,
@@ -98,13 +99,14 @@ def main() -> None:
     res["compact_s"], r = timed(lambda: compact_index(tmp / "idx"))
     res["after_compact"] = {k: r.info[k] for k in ("num_docs", "num_rows", "num_shards", "deleted_docs")}
     if args.ivfpq:
-        pq = BuildConfig(shard_docs=1024, dense_kind="ivfpq")
+        pq = BuildConfig(shard_docs=1024, dense_kind="ivfpq", codec=args.codec)
         res["ivfpq_build_base_s"], _ = timed(lambda: build_index(base_corpus, tmp / "pq", pq, model=model))
         before = index_info(tmp / "pq")["dense_index"]
         res["ivfpq_add_s"], r = timed(lambda: add_documents(tmp / "pq", new_corpus, model=model))
         res["ivfpq_recall_at_100"] = {"build": before["recall_at_100"],
                                       "after_add": r.info["dense_index"]["recall_at_100"]}
     res["ratio_add_vs_rebuild"] = round(res["add_s"] / res["rebuild_s"], 4)
+    res["ratio_delete_vs_rebuild"] = round(res["delete_s"] / res["rebuild_s"], 4)
     res["loadavg_end"] = os.getloadavg()
     text = json.dumps(res, indent=2)
     print(text)

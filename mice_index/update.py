@@ -60,7 +60,7 @@ class UpdateConfig:
     compact_deleted_fraction: float = 0.2  # compact when deleted rows / store rows reaches this
     compact_small_segments: int = 8  # ... or when more segments than this hold < small_segment of shard_docs
     small_segment: float = 0.25
-    drift_sample_docs: int = 64  # build documents re-encoded once to measure the codec's baseline error
+    drift_sample_docs: int = 64  # build documents re-encoded once (first add, trained codecs) for the baseline error
 
     def __post_init__(self) -> None:
         if not 0 < self.compact_deleted_fraction <= 1:
@@ -278,7 +278,10 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
         collect(root, _keep(m))  # leftovers of an interrupted run
         encoder = _encoder(m, mice, config, root)
         codec = load_codec(root, m)
-        if m.codec_drift is not None:
+        drift = codec.needs_fit  # a fixed codec (fp32 / fp16 / int8) has no codebooks to drift from
+        if not drift:
+            baseline = None
+        elif m.codec_drift is not None:
             baseline = m.codec_drift.baseline_relative_error
         else:
             baseline = _baseline_error(reader, encoder, codec, config.drift_sample_docs)
@@ -291,7 +294,7 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
                 win = replace(win, start_row=win.start_row + start)
                 if writer is None:
                     writer = ShardWriter(root, idx, win.start_row, codec)
-                if win.states is not None:
+                if drift and win.states is not None:
                     a, b = _squared_error(codec, win.states)
                     err = [err[0] + a, err[1] + b]
                 writer.add(win)
@@ -308,7 +311,8 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
             raise
         dead = np.array([r for i in present for r in existing[i]], dtype=np.int64)
         tomb = np.union1d(reader.deleted_rows, dead)
-        _commit(root, m, shards, tomb, "add", digest, codec_drift=_drift(m.codec_drift, baseline, *err, len(ids)))
+        _commit(root, m, shards, tomb, "add", digest,
+                codec_drift=_drift(m.codec_drift, baseline, *err, len(ids)) if drift else None)
         compacted = _maybe_compact(root, config)
     return _result(root, "add", t0, added=len(ids) - len(present), updated=len(present), compacted=compacted)
 

@@ -99,8 +99,8 @@ def _compare(index, ref, model):
 
 
 def test_random_operations_equal_a_fresh_build(tmp_path, model_dir, docs, dense_once):
-    """A seeded random sequence of adds, deletes and updates, then compact: after each, the same
-    ranked lists and scores as a fresh build of the final corpus (in the index's row order)."""
+    """A seeded random sequence of adds, deletes and updates gives the same ranked lists and scores
+    as a fresh build of the final corpus (in the index's row order), and again after compact."""
     rng = np.random.default_rng(19)
     model = MiceModel.load(model_dir)
     idx = tmp_path / "idx"
@@ -212,14 +212,14 @@ def test_searcher_keeps_its_commit_point_and_the_server_reopens(tmp_path, model_
     build_index(_write(tmp_path / "c.jsonl", docs[:12]), idx2, _cfg(model_dir, dense="none"))
     old = Searcher.open(idx2, model=model, config=cfg)
     add_documents(idx2, _write(tmp_path / "a.jsonl", [marker, *docs[12:14]]), model=model)
-    assert not old.is_current() and _ranked(old, ["how do honey bees make honey", "volcano eruption lava", "bread dough"]) == before
+    queries = ["how do honey bees make honey", "volcano eruption lava", "bread dough"]
+    assert not old.is_current() and _ranked(old, queries) == before
     assert "new-1" not in [h.doc_id for h in old.search(params["q"], k=5)]
     assert old.reopened().search(params["q"], k=5)[0].doc_id == "new-1"
     # two commits later its files are gone: what it holds open (memory maps, cached row groups) still
     # gives its own commit's results; a file it must open by path raises IndexChanged; never a mix
     delete_documents(idx2, [docs[0]["_id"]], config=NO_AUTO)
     assert not (idx2 / "bm25").exists()  # the build's files were removed
-    queries = ["how do honey bees make honey", "volcano eruption lava", "bread dough"]
     try:
         assert _ranked(old, queries) == before
     except IndexChanged:
@@ -249,9 +249,11 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, model_dir, docs, mi
     build_index(_write(tmp_path / "c.jsonl", docs[:10]), idx, _cfg(model_dir, dense="none"))
     before = _tree(idx)
     cases = [
-        (["delete", "--index", idx, "--ids", docs[1]["_id"], "nope-1", "nope-2"], "2 of the 3 ids to delete ('nope-1', 'nope-2') are not in the index"),
+        (["delete", "--index", idx, "--ids", docs[1]["_id"], "nope-1", "nope-2"],
+         "2 of the 3 ids to delete ('nope-1', 'nope-2') are not in the index"),
         (["add", "--index", idx, "--corpus", _write(tmp_path / "dup.jsonl", docs[3:5] + docs[10:11]),
-          "--model", model_dir], "2 of the 3 documents to add ('bee04', 'bee05') are already in the index; pass --update"),
+          "--model", model_dir],
+         "2 of the 3 documents to add ('bee04', 'bee05') are already in the index; pass --update"),
         (["add", "--index", idx, "--corpus", _write(tmp_path / "dup2.jsonl", docs[10:11] * 2),
           "--model", model_dir], "duplicate"),
         (["delete", "--index", idx, "--ids", *[d["_id"] for d in docs[:10]]], "would leave the index empty"),

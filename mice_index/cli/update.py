@@ -26,8 +26,8 @@ def _check(device: str, dtype: str | None) -> None:
 def _config(model: str | None, device: str, dtype: str | None, no_auto_compact: bool):
     from mice_index.update import UpdateConfig
 
-    return UpdateConfig(model=None if model in (None, "index") else model, device=device, dtype=dtype,  # type: ignore[arg-type]
-                        auto_compact=not no_auto_compact)
+    return UpdateConfig(model=None if model in (None, "index") else model,  # type: ignore[arg-type]
+                        device=device, dtype=dtype, auto_compact=not no_auto_compact)
 
 
 def _summary(verb: str, r) -> None:
@@ -111,7 +111,8 @@ def compact_command(
                                         "`info` reports). \\[default: off]")] = False,
     model: Annotated[str | None, _MODEL] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (--refit).")] = "auto",
-    dtype: Annotated[str | None, typer.Option("--dtype", help="auto, bf16 or fp32 (--refit) \\[default: the index's].")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="auto, bf16 or fp32 (--refit) "
+                                                              "\\[default: the index's].")] = None,
 ) -> None:
     """Rewrite an index without its deleted rows, merging small segments (rows renumbered; BM25 / dense rebuilt)."""
     _check(device, dtype)
