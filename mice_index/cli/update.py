@@ -44,8 +44,9 @@ def _summary(verb: str, r) -> None:
 
 _MODEL = typer.Option("--model", help="MICE model to encode with; its fingerprint must equal the index's "
                                       "\\[default: the index's model].")
-_NO_AUTO = typer.Option("--no-auto-compact", help="Do not compact after the change even when the policy says so "
-                                                  "(deleted fraction >= 0.2, or > 8 small segments). \\[default: off]")
+_NO_AUTO = typer.Option("--no-auto-compact", help="Do not compact after the change even when the compaction "
+                                                  "policy says so (mice_index.update.UpdateConfig: deleted fraction, "
+                                                  "number of small segments). \\[default: off]")
 
 
 @app.command("add")
