@@ -29,11 +29,12 @@ from mice_index.errors import IndexError_, MiceIndexError, ModelError, os_errors
 from mice_index.model import MiceModel
 from mice_index.prune import PRUNE_RULES
 from mice_index.sources import Document, count_documents, read_documents
+from mice_index.sources.fields import Field, check_fields, parse_field
 from mice_index.store import layout as L
 from mice_index.store.lock import LOCK, IndexLock
 from mice_index.store.candidates_build import build_candidates
 from mice_index.store.codecs import load_codec, save_codec
-from mice_index.store.manifest import (CodecInfo, DenseInfo, Manifest, ModelInfo, Settings, ShardEntry,
+from mice_index.store.manifest import (CodecInfo, DenseInfo, FieldSpec, Manifest, ModelInfo, Settings, ShardEntry,
                                        complete_index_error, index_info, new_manifest, read_manifest, write_manifest)
 from mice_index.store.writer import ShardWriter
 
@@ -70,8 +71,15 @@ class BuildConfig:
     id_field: str = "_id"
     text_field: str = "text"
     title_field: str = "title"
+    # document fields (metadata) for search filters: "NAME:TYPE" specs, TYPE int|float|str|bool,
+    # NAME a JSONL key or a dotted path into nested objects (sources/fields.py); stored as columns
+    # of the document table and recorded in the manifest (Settings.fields)
+    fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.fields, str):
+            raise MiceIndexError("BuildConfig.fields is a tuple of 'NAME:TYPE' strings, got one string")
+        self.field_specs()  # a bad --field spec -> one-line error before any work
         resolve_codec_name(self.codec)  # unknown codec -> CodecError before anything is loaded
         if self.shard_docs < 1 or self.fit_tokens < 1:
             raise MiceIndexError("shard_docs and fit_tokens must be >= 1")
@@ -83,6 +91,12 @@ class BuildConfig:
 
     def dense_config(self) -> DenseConfig:
         return DenseConfig(kind=self.dense_kind, nprobe=self.dense_nprobe)
+
+    def field_specs(self) -> tuple[Field, ...]:
+        """The declared fields, parsed (MiceIndexError for a bad spec or a name given twice)."""
+        specs = tuple(parse_field(f) for f in self.fields)
+        check_fields(specs)
+        return specs
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,9 @@ def _settings(cfg: BuildConfig, max_len: int, codec_name: str) -> Settings:
     keys = ("batch_tokens", "window_docs", "window_tokens", "shard_docs", "dense", "fit_tokens",
             "seed", "id_field", "text_field", "title_field", "prune")
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    return Settings(codec=codec_name, max_doc_length=max_len, dtype=dtype, **{k: getattr(cfg, k) for k in keys})
+    specs = tuple(FieldSpec(f.name, f.type) for f in cfg.field_specs())  # () = no fields
+    return Settings(codec=codec_name, max_doc_length=max_len, dtype=dtype, fields=specs,
+                    **{k: getattr(cfg, k) for k in keys})
 
 
 def _load_dense(model: MiceModel, cfg: BuildConfig):
@@ -141,7 +157,8 @@ class _Builder:
 
     def docs(self) -> Iterator[Document]:
         c = self.cfg
-        return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field)
+        return read_documents(self.corpus, id_field=c.id_field, text_field=c.text_field, title_field=c.title_field,
+                              fields=c.field_specs())
 
     # -- index folder state --
     def prepare(self) -> Manifest | None:
@@ -306,7 +323,8 @@ class _Builder:
         try:
             for win in encoder.windows(docs, start, S):
                 if writer is None:
-                    writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec)
+                    writer = ShardWriter(self.root, win.start_row // S, win.start_row, codec,
+                                         fields=self.cfg.field_specs())
                 writer.add(win)
                 encoded += len(win.docs)
                 if self.progress:
@@ -398,7 +416,8 @@ def build_index(
 def _peek(corpus, cfg: BuildConfig) -> None:
     """Read the first document (not for irds:, whose first read may download the collection)."""
     if not (isinstance(corpus, str) and corpus.startswith("irds:")):
-        docs = read_documents(corpus, id_field=cfg.id_field, text_field=cfg.text_field, title_field=cfg.title_field)
+        docs = read_documents(corpus, id_field=cfg.id_field, text_field=cfg.text_field, title_field=cfg.title_field,
+                              fields=cfg.field_specs())
         next(docs, None)
         docs.close()
 

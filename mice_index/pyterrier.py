@@ -95,16 +95,22 @@ class MiceRetriever(pt.Transformer):
     the corpus size: clipped, with one warning); other keywords are `SearchConfig` fields
     (candidates="bm25"|"dense"|"hybrid", depth=100, rerank="mice"|"none", scorer=ScorerConfig(...),
     remove_query_id=False: True leaves out a document whose docno equals the qid, as BEIR's arguana
-    and quora need). Other input columns are kept."""
+    and quora need). `filter`: a metadata filter (README → Filters, e.g. "year >= 2020") applied to
+    every query before the depth cut: min(k, matching documents) results per query; a filter the
+    index cannot apply raises FilterError here, not at transform time. Other input columns are kept."""
 
     def __init__(self, index: str | Path | Searcher, k: int | None = None, *,
-                 model: MiceModel | str | None = None, **options):
+                 model: MiceModel | str | None = None, filter: str | None = None, **options):
         self.searcher = _searcher(index, model, options)
         self.k = None if k is None else clipped("k", k, k, self.searcher.reader.num_live)
+        self.filter = filter
+        self.searcher.allowed(filter)  # FilterError now
 
     def __repr__(self) -> str:
         c = self.searcher.config
-        return f"MiceRetriever({self.searcher.reader.root}, k={self.k}, candidates={c.candidates}, rerank={c.rerank})"
+        flt = f", filter={self.filter!r}" if self.filter is not None else ""
+        return (f"MiceRetriever({self.searcher.reader.root}, k={self.k}, candidates={c.candidates}, "
+                f"rerank={c.rerank}{flt})")
 
     def transform_inputs(self) -> list[str]:
         return ["qid", "query"]
@@ -122,7 +128,8 @@ class MiceRetriever(pt.Transformer):
         dup = pd.Index(qids).duplicated()
         if dup.any():
             raise SearchError(f"MiceRetriever: qid {qids[int(np.argmax(dup))]!r} appears more than once in the queries")
-        run = self.searcher.search_many([Query(str(q), str(t)) for q, t in zip(qids, inp["query"])], self.k)
+        run = self.searcher.search_many([Query(str(q), str(t)) for q, t in zip(qids, inp["query"])], self.k,
+                                        filter=self.filter)
         hits = [(pos, d.doc_id, d.score) for pos, q in enumerate(qids) for d in run[str(q)]]
         pos, docnos, scores = zip(*hits) if hits else ((), (), ())
         out = inp.iloc[list(pos)].reset_index(drop=True)

@@ -26,16 +26,29 @@ log = logging.getLogger(__name__)
 __all__ = ["refit_index"]
 
 
+def _put(obj: dict, dotted: str, value) -> None:
+    """obj[a][b] = value for the dotted field name "a.b" (sources/fields.py reads it back)."""
+    *parents, last = dotted.split(".")
+    for p in parents:
+        obj = obj.setdefault(p, {})
+    obj[last] = value
+
+
 def _export(reader, path: Path, settings: Settings) -> int:
-    """The live documents as JSONL (the index's field names), in row order -> their count."""
+    """The live documents as JSONL (the index's id / title / text keys and document fields), in
+    row order -> their count."""
     rows = reader.live_rows()
+    names = [f.name for f in settings.fields]
+    values = reader.field_table().to_pylist() if names else None  # [{name: value}] per store row
     n = 0
     with os_errors(path, "writing the live documents for --refit"), open(path, "w", encoding="utf-8") as fh:
         for a in range(0, rows.size, 4096):
             chunk = rows[a: a + 4096].tolist()
-            for doc_id, (title, text) in zip(reader.doc_ids_of(chunk), reader.texts(chunk)):
-                fh.write(json.dumps({settings.id_field: doc_id, settings.title_field: title,
-                                     settings.text_field: text}, ensure_ascii=False) + "\n")
+            for row, doc_id, (title, text) in zip(chunk, reader.doc_ids_of(chunk), reader.texts(chunk)):
+                obj = {settings.id_field: doc_id, settings.title_field: title, settings.text_field: text}
+                for name in names:
+                    _put(obj, name, values[row][name])
+                fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
                 n += 1
     return n
 

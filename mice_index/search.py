@@ -22,6 +22,7 @@ import torch
 from mice_index.candidates import BM25Index, Candidates, DenseIndex, HybridConfig, interpolate
 from mice_index.choices import check_positive, check_search_options
 from mice_index.errors import IndexError_, SearchError
+from mice_index.filters import FilterMasks
 from mice_index.model import MiceModel
 from mice_index.runs import ScoredDoc
 from mice_index.scorer import MiceScorer, ScorerConfig, encode_queries_alone
@@ -91,6 +92,7 @@ class Searcher:
             raise SearchError(f"--candidates {config.candidates}: this index has no dense vectors")
         self._embed = dense_query_encoder
         self._scorer = MiceScorer(model, reader, config.scorer) if config.rerank == "mice" else None
+        self._filters = FilterMasks(reader)  # filter text -> mask over store rows (small LRU)
         if getattr(reader, "generation", None) is not None:  # all of the above from the build it holds
             reader.generation.check()
 
@@ -126,46 +128,70 @@ class Searcher:
         with torch.inference_mode():
             return encode_queries_alone(self.model, list(texts))
 
+    def allowed(self, filter: str | None) -> np.ndarray | None:
+        """The store rows `filter` keeps (bool [num_docs], read-only; cached per filter text), or
+        None for no filter. FilterError (a SearchError, one line) for a filter this index cannot
+        apply: bad syntax, an unknown field, a type mismatch, an index without fields."""
+        return None if filter is None else self._filters.mask(filter)
+
+    def check_filter(self, filter: str) -> None:
+        """FilterError (one line) if this index cannot apply `filter`; cheap (parses only, reads
+        nothing), for callers that refuse bad input before queueing work (the server)."""
+        self._filters.compile(filter)
+
+    @property
+    def fields(self) -> tuple:
+        """The document fields of the index (sources.fields.Field), which filters may name."""
+        return tuple(self.reader.fields)
+
     def candidates(self, texts: Sequence[str], depth: int,
-                   query_states: tuple[torch.Tensor, torch.Tensor] | None = None) -> Candidates:
+                   query_states: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   allowed: np.ndarray | None = None) -> Candidates:
         """First-stage candidates of `texts` (rows [Q, depth], padded with -1); `query_states`:
         their states from the dense encoder's bottom (`_shared_query_states`), used when no query
-        was cut at the MICE query length."""
+        was cut at the MICE query length; `allowed` (bool [num_docs]): only those store rows, the
+        exact top of the allowed set of each generator (applied before the depth cut)."""
         kind, n = self.config.candidates, live_docs(self.reader)
         per_list = min(max(depth, self.config.hybrid.depth), n) if kind == "hybrid" else depth
-        bm25 = self._bm25.search(list(texts), per_list) if self._bm25 is not None else None
+        bm25 = self._bm25.search(list(texts), per_list, allowed) if self._bm25 is not None else None
         if kind == "bm25":
-            empty = ~bm25.found
+            # a query with no BM25 term (not: no allowed match) falls back to dense
+            empty = ~bm25.found if allowed is None else np.array([not t for t in self._bm25.tokenize(list(texts))])
             if empty.any() and self._dense is None:
                 raise SearchError("no query term is in the BM25 vocabulary (only stopwords?) and the index "
                                   "has no dense vectors to fall back on")
             if empty.any():  # e.g. a query of only stopwords: BM25 has nothing; fall back to dense
                 log.warning("%d query(ies) match no BM25 term; using dense candidates for them", int(empty.sum()))
-                dense = self._dense.search(self._embed([t for t, e in zip(texts, empty) if e]), depth)
+                dense = self._dense.search(self._embed([t for t, e in zip(texts, empty) if e]), depth, allowed)
                 rows, scores = bm25.rows.copy(), bm25.scores.copy()
                 rows[empty], scores[empty] = dense.rows, dense.scores
                 return Candidates(rows, scores)
             return bm25
         cut = query_states is None or bool((query_states[1].sum(1) >= self.model.config.max_query_length).any())
         emb = self._embed(list(texts)) if cut else self._embed.from_states(*query_states)
-        dense = self._dense.search(emb, per_list)
+        dense = self._dense.search(emb, per_list, allowed)
         if kind == "dense":
             return dense
         return self.config.hybrid.fuse(bm25, dense, depth)
 
     # -- full pipeline --
-    def search(self, query: str, k: int | None = None) -> list[Hit]:
+    def search(self, query: str, k: int | None = None, filter: str | None = None) -> list[Hit]:
         """One query -> its top-k hits (rank from 1, with title/text for snippets), best first.
 
         k=None: 10, clipped to the corpus size; an explicit k above it is clipped with one warning.
-        No document is ever dropped for its id (`remove_query_id` is for batch mode only)."""
-        return self.search_texts([query], k)[0]
+        No document is ever dropped for its id (`remove_query_id` is for batch mode only).
+        `filter`: a metadata filter (mice_index.filters, README → Filters), e.g. "year >= 2020":
+        only documents it keeps are candidates, before the depth cut, so the search returns
+        min(k, depth, matching documents) hits; FilterError (a SearchError) for a bad filter."""
+        return self.search_texts([query], k, filter=filter)[0]
 
-    def search_texts(self, queries: Sequence[str], k: int | None = None) -> list[list[Hit]]:
+    def search_texts(self, queries: Sequence[str], k: int | None = None,
+                     filter: str | None = None) -> list[list[Hit]]:
         """Free-text queries searched together (one first-stage call, one scorer call) -> per query
-        its top-k hits, each list equal to `search` on that query alone (k as in `search`)."""
+        its top-k hits, each list equal to `search` on that query alone (k and filter as there)."""
         k = clipped("--k", k, 10, live_docs(self.reader))
-        results = self._search_batch([Query(str(i), t) for i, t in enumerate(queries)], k, remove_query_id=False)
+        results = self._search_batch([Query(str(i), t) for i, t in enumerate(queries)], k, remove_query_id=False,
+                                     allowed=self.allowed(filter))
         out = []
         for result in results.values():
             rows = [r for r, _ in result]
@@ -175,41 +201,47 @@ class Searcher:
                         for i, ((r, s), d, (t, x)) in enumerate(zip(result, ids, docs))])
         return out
 
-    def search_many(self, queries: Iterable[Query], k: int | None = None, progress=None) -> dict[str, list[ScoredDoc]]:
+    def search_many(self, queries: Iterable[Query], k: int | None = None, progress=None,
+                    filter: str | None = None) -> dict[str, list[ScoredDoc]]:
         """Batch mode -> {query_id: ranked ScoredDoc list}; `progress(n_done)` is called per batch.
 
         k=None: the depth; an explicit k above the corpus size is clipped with one warning. With
-        `config.remove_query_id` a document whose id equals the query id is left out."""
+        `config.remove_query_id` a document whose id equals the query id is left out. `filter`:
+        as in `search`, for every query (checked before any query is searched)."""
         queries = list(queries)
         if not queries:
             raise SearchError("no queries to search")
+        allowed = self.allowed(filter)
         k = clipped("--k", k, self.config.depth, live_docs(self.reader))
         run: dict[str, list[ScoredDoc]] = {}
         step = self.config.query_batch
         for i in range(0, len(queries), step):
             batch = queries[i:i + step]
-            for qid, hits in self._search_batch(batch, k).items():
+            for qid, hits in self._search_batch(batch, k, allowed=allowed).items():
                 ids = self.reader.doc_ids_of([r for r, _ in hits]) if hits else []
                 run[qid] = [ScoredDoc(qid, d, s) for d, (_, s) in zip(ids, hits)]
             if progress is not None:
                 progress(len(batch))
         return run
 
-    def _search_batch(self, queries: Sequence[Query], k: int,
-                      remove_query_id: bool | None = None) -> dict[str, list[tuple[int, float]]]:
+    def _search_batch(self, queries: Sequence[Query], k: int, remove_query_id: bool | None = None,
+                      allowed: np.ndarray | None = None) -> dict[str, list[tuple[int, float]]]:
         """{query_id: [(row, score)]}, at most min(k, depth) per query, score descending and equal
-        scores by doc id ascending; remove_query_id=None: the config's."""
+        scores by doc id ascending; remove_query_id=None: the config's; `allowed` (bool
+        [num_docs]): only those store rows are candidates (depth applies to the allowed set)."""
         if k <= 0:
             raise SearchError(f"--k must be positive, got {k}")
         for q in queries:
             if not check_text(q.text, f"query {q.query_id!r}", SearchError).strip():
                 raise SearchError(f"query {q.query_id!r} is empty")
         remove = self.config.remove_query_id if remove_query_id is None else remove_query_id
+        if allowed is not None and not allowed.any():  # the filter keeps no document
+            return {q.query_id: [] for q in queries}
         depth = self.config.depth
         extra = 1 if remove else 0  # room for the skipped self-match
         texts = [q.text for q in queries]
         shared = self._shared_query_states(texts)  # one bottom pass for the dense stage and MICE
-        cands = self.candidates(texts, min(depth + extra, live_docs(self.reader)), shared)
+        cands = self.candidates(texts, min(depth + extra, live_docs(self.reader)), shared, allowed)
         lists = []
         for q, rows, scores in zip(queries, cands.rows, cands.scores):
             keep = rows >= 0
@@ -242,7 +274,9 @@ class Searcher:
         return [not ids for ids in self._bm25.tokenize(list(texts))]
 
     def with_config(self, **changes) -> Searcher:
-        return Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
+        other = Searcher(self.reader, self.model, replace(self.config, **changes), self._embed)
+        other._filters = self._filters  # same index: same masks
+        return other
 
     # -- index generations (store/generation.py) --
     def is_current(self) -> bool:

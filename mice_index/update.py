@@ -92,13 +92,18 @@ def _complete_manifest(root: Path) -> Manifest:
 
 
 def _check_supported(m: Manifest, root: Path, what: str) -> None:
-    """IndexError_ for an index whose rows carry more than this module rewrites (metadata fields,
-    passages): `add` and `compact` would write segments without those columns."""
-    extra = [name for name, on in (("metadata fields (--field)", bool(m.settings.fields)),
-                                   ("passages (--passages)", m.settings.passages is not None)) if on]
-    if extra:
-        raise IndexError_(f"{root}: {what} is not supported yet for an index built with {' and '.join(extra)}; "
-                          "rebuild it with `mice-index build --overwrite` instead")
+    """IndexError_ for an index whose rows carry more than this module rewrites (passages): `add`
+    and `compact` would write segments without those columns."""
+    if m.settings.passages is not None:
+        raise IndexError_(f"{root}: {what} is not supported yet for an index built with --passages; rebuild it "
+                          "with `mice-index build --overwrite` instead")
+
+
+def _fields(m: Manifest) -> tuple:
+    """The index's declared document fields (sources.fields.Field), carried by added and compacted rows."""
+    from mice_index.sources.fields import Field
+
+    return tuple(Field(f.name, f.type) for f in m.settings.fields)
 
 
 def _keep(m: Manifest) -> set[str]:
@@ -160,15 +165,19 @@ def _ids_list(ids: list[str], what: str, total: int) -> str:
 
 
 # -- add --
-def _scan(corpus, settings: Settings, update: bool) -> tuple[list[str], str]:
+def _read(corpus, settings: Settings, fields: tuple):
+    return read_documents(corpus, id_field=settings.id_field, text_field=settings.text_field,
+                          title_field=settings.title_field, fields=fields)
+
+
+def _scan(corpus, settings: Settings, update: bool, fields: tuple) -> tuple[list[str], str]:
     """Ids of the corpus to add (duplicates inside it are a SourceError of the reader) and a digest
     of its content (re-running the same add after a kill is recognised by it)."""
     h = hashlib.sha256(f"add update={update}\n".encode())
     ids = []
-    for d in read_documents(corpus, id_field=settings.id_field, text_field=settings.text_field,
-                            title_field=settings.title_field):
+    for d in _read(corpus, settings, fields):
         ids.append(d.doc_id)
-        for part in (d.doc_id, d.title, d.text):
+        for part in (d.doc_id, d.title, d.text, repr(d.fields)):
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
     if not ids:
         raise IndexError_(f"{corpus}: no documents to add")
@@ -195,7 +204,8 @@ def _build_config(m: Manifest, config: UpdateConfig, **extra: Any):
                        batch_tokens=s.batch_tokens, window_docs=s.window_docs, window_tokens=s.window_tokens,
                        shard_docs=s.shard_docs, device=config.device, dtype=config.dtype or s.dtype or "auto",
                        dense=s.dense, prune=s.prune, fit_tokens=s.fit_tokens, seed=s.seed, id_field=s.id_field,
-                       text_field=s.text_field, title_field=s.title_field, **extra)
+                       text_field=s.text_field, title_field=s.title_field,
+                       fields=tuple(f"{f.name}:{f.type}" for f in s.fields), **extra)
 
 
 def _encoder(m: Manifest, mice: MiceModel, config: UpdateConfig, root: Path):
@@ -260,7 +270,8 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
     with IndexLock(root, holder=_HOLDER):
         m = _complete_manifest(root)
         _check_supported(m, root, "add")
-        ids, digest = _scan(corpus, m.settings, update)
+        fields = _fields(m)
+        ids, digest = _scan(corpus, m.settings, update, fields)
         if m.last_op == LastOp("add", digest):
             log.warning("%s: these documents were the last commit already (a re-run?): nothing to add", root)
             return _result(root, "add", t0, already=True, compacted=_maybe_compact(root, config))
@@ -287,13 +298,12 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
             baseline = _baseline_error(reader, encoder, codec, config.drift_sample_docs)
         S, start, idx = m.settings.shard_docs, reader.num_docs, _next_shard(m)
         shards, writer, err = list(m.shards), None, [0.0, 0.0]
-        docs = read_documents(corpus, id_field=m.settings.id_field, text_field=m.settings.text_field,
-                              title_field=m.settings.title_field)
+        docs = _read(corpus, m.settings, fields)
         try:
             for win in encoder.windows(docs, 0, S):
                 win = replace(win, start_row=win.start_row + start)
                 if writer is None:
-                    writer = ShardWriter(root, idx, win.start_row, codec)
+                    writer = ShardWriter(root, idx, win.start_row, codec, fields=fields)
                 if drift and win.states is not None:
                     a, b = _squared_error(codec, win.states)
                     err = [err[0] + a, err[1] + b]
@@ -388,11 +398,13 @@ def _compact_locked(root: Path, m: Manifest) -> int:
 
     collect(root, _keep(m))
     reader = IndexReader(root, m, writing=True)
+    fields = _fields(m)
+    names = [f.name for f in fields]
     S, window = m.settings.shard_docs, max(1, min(m.settings.window_docs, m.settings.shard_docs))
     idx, out_row, shards, writer = _next_shard(m), 0, [], None
     try:
         for sh in reader._shards:
-            table = sh.table(["doc_id", "title", "text", "num_tokens", "truncated"])
+            table = sh.table(["doc_id", "title", "text", "num_tokens", "truncated", *names])
             live = np.arange(sh.num_docs)
             if reader.deleted is not None:
                 live = live[~reader.deleted[sh.start: sh.start + sh.num_docs]]
@@ -400,14 +412,15 @@ def _compact_locked(root: Path, m: Manifest) -> int:
             pos = 0
             while pos < live.size:
                 if writer is None:
-                    writer = ShardWriter(root, idx, out_row, reader.codec)
+                    writer = ShardWriter(root, idx, out_row, reader.codec, fields=fields)
                 chunk = live[pos: pos + min(window, S - writer.num_docs)]
                 pos += chunk.size
                 t = table.take(chunk)
                 parts = reader.get_encoded((chunk + sh.start).tolist())
-                docs = [Document(i, x, ti) for i, ti, x in zip(t.column("doc_id").to_pylist(),
-                                                               t.column("title").to_pylist(),
-                                                               t.column("text").to_pylist())]
+                values = list(zip(*(t.column(n).to_pylist() for n in names))) if names else [()] * chunk.size
+                docs = [Document(i, x, ti, tuple(v)) for i, ti, x, v in zip(t.column("doc_id").to_pylist(),
+                                                                            t.column("title").to_pylist(),
+                                                                            t.column("text").to_pylist(), values)]
                 writer.add(EncodedWindow(
                     out_row, docs, np.asarray(t.column("num_tokens").to_numpy(), np.int32), None,
                     None if dense is None else np.asarray(dense[chunk], np.float32),

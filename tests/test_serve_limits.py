@@ -54,10 +54,10 @@ class Slow:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def search_texts(self, texts, k=None):
+    def search_texts(self, texts, k=None, filter=None):
         self.calls += 1
         time.sleep(self.delay)
-        return self.inner.search_texts(texts, k)
+        return self.inner.search_texts(texts, k, filter=filter)
 
     def with_config(self, **changes):
         return Slow(self.inner.with_config(**changes), self.delay)

@@ -362,3 +362,32 @@ def test_kill9_leaves_previous_or_next_state_and_rerun_finishes(tmp_path, model_
     verify_shards(idx, read_manifest(idx))
     leftovers = [p.name for p in [*idx.iterdir(), *(idx / "shards").iterdir()] if p.name.startswith(".tmp-")]
     assert not leftovers
+
+
+def test_fields_follow_adds_deletes_and_compaction(tmp_path, model_dir, docs):
+    """Document fields (filters) of added rows are stored, deleted rows never match a filter, and a
+    filtered search equals a fresh build's, also after compaction."""
+    model = MiceModel.load(model_dir)
+    with_year = [{**d, "year": 2000 + i % 5} for i, d in enumerate(docs[:16])]
+    cfg = _cfg(model_dir, dense="none", fields=("year:int",))
+    idx, ref = tmp_path / "idx", tmp_path / "ref"
+    build_index(_write(tmp_path / "c.jsonl", with_year[:10]), idx, cfg)
+    changed = {**with_year[2], "year": 2004}
+    add_documents(idx, _write(tmp_path / "a.jsonl", [*with_year[10:16], changed]), update=True, model=model,
+                  config=NO_AUTO)
+    delete_documents(idx, [with_year[4]["_id"]], config=NO_AUTO)
+    final = [d for d in with_year[:10] if d["_id"] not in (changed["_id"], with_year[4]["_id"])]
+    final += [*with_year[10:16], changed]
+    build_index(_write(tmp_path / "f.jsonl", final), ref, cfg)
+    search = SearchConfig(candidates="bm25", rerank="none", depth=12)
+
+    def hits(index):
+        s = Searcher.open(index, model=model, config=search)
+        return [[(h.doc_id, round(h.score, 5)) for h in s.search(q, k=12, filter="year >= 2003")]
+                for q in ("honey bees hive", "volcano lava eruption", "bread dough")]
+
+    want = hits(ref)
+    assert hits(idx) == want and all(want)
+    assert all(d["year"] >= 2003 for d in final if d["_id"] in {i for q in want for i, _ in q})
+    compact_index(idx)
+    assert hits(idx) == want

@@ -266,10 +266,10 @@ def test_index_folder_removed_during_build(files, tmp_path):
     idx = tmp_path / "gone"
     real = W.ShardWriter.__init__
 
-    def vanish_before_second(self, root, index, *a):
+    def vanish_before_second(self, root, index, *a, **kw):
         if index == 1:
             shutil.rmtree(idx)
-        real(self, root, index, *a)
+        real(self, root, index, *a, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(W.ShardWriter, "__init__", vanish_before_second)

@@ -67,7 +67,9 @@ class CandidateGenerator(Protocol):
     @property
     def num_docs(self) -> int: ...
 
-    def search(self, queries: Any, k: int) -> Candidates: ...
+    def search(self, queries: Any, k: int, allowed: np.ndarray | None = None) -> Candidates:
+        """Top-k rows per query; `allowed` (bool [num_docs], store rows): only those rows, exact
+        top-k among them (see `check_allowed`)."""
 
     def save(self, directory: str | Path) -> None: ...
 
@@ -80,6 +82,20 @@ def check_k(k: int, num_docs: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SearchError(f"k must be a positive integer, got {k!r}")
     return max(1, min(int(k), int(num_docs)))
+
+
+def check_allowed(allowed: np.ndarray | None, num_docs: int) -> np.ndarray | None:
+    """`allowed` as a bool [num_docs] array (None: every row allowed). SearchError for another shape.
+
+    A generator given `allowed` returns the exact top-k of the allowed rows (the mask is applied
+    before the depth cut, never after): equal to its unfiltered search with every other row removed."""
+    if allowed is None:
+        return None
+    allowed = np.asarray(allowed)
+    if allowed.dtype != bool or allowed.shape != (num_docs,):
+        raise SearchError(f"allowed must be a bool mask over the {num_docs} rows, got {allowed.dtype} "
+                          f"{allowed.shape}")
+    return allowed
 
 
 def topk_rows(scores: np.ndarray, k: int, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +149,18 @@ def load_rows_map(directory: Path, num_docs: int) -> np.ndarray | None:
     if rows.shape != (num_docs,) or rows.dtype != np.int64 or (rows.size > 1 and (np.diff(rows) <= 0).any()):
         raise IndexError_(f"{path}: row map does not fit the index ({rows.shape} for {num_docs} documents)")
     return rows
+
+
+def to_ordinals(allowed: np.ndarray | None, rows_map: np.ndarray | None) -> np.ndarray | None:
+    """A bool mask over store rows as a mask over an index's ordinals (`allowed[rows_map]`);
+    unchanged without a map or a mask. SearchError when the mask is not over the store rows."""
+    if allowed is None or rows_map is None:
+        return allowed
+    allowed = np.asarray(allowed)
+    if allowed.dtype != bool or allowed.ndim != 1 or (rows_map.size and allowed.size <= rows_map[-1]):
+        raise SearchError(f"allowed must be a bool mask over the store rows (more than {int(rows_map[-1])}), got "
+                          f"{allowed.dtype} {allowed.shape}")
+    return allowed[rows_map]
 
 
 def map_rows(cands: Candidates, rows_map: np.ndarray | None) -> Candidates:

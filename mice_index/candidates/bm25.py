@@ -22,7 +22,8 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from mice_index.candidates.base import Candidates, check_k, load_rows_map, map_rows, read_meta, topk_rows, write_meta
+from mice_index.candidates.base import (Candidates, check_allowed, check_k, load_rows_map, map_rows, read_meta,
+                                        to_ordinals, topk_rows, write_meta)
 from mice_index.candidates.bm25_build import BATCH_TOKENS, BUCKET_POSTINGS, write_index
 from mice_index.errors import IndexError_, SearchError
 
@@ -127,16 +128,24 @@ class BM25Index:
             mask[indices[indptr[t] : indptr[t + 1]]] = True
         return mask
 
-    def search(self, queries: list[str], k: int) -> Candidates:
+    def search(self, queries: list[str], k: int, allowed: np.ndarray | None = None) -> Candidates:
+        """Top-k rows [Q, k] per query among the documents sharing a term with it. `allowed` (bool
+        [N]): only those rows, before the cut (the exact top-k of the allowed matching documents,
+        equal to the unfiltered ranking with the other rows removed; as bm25s's ``weight_mask``,
+        but a masked-out row is dropped rather than scored 0, so it never ties a real match)."""
         if isinstance(queries, str):
             raise SearchError("BM25 search expects a list of query strings, got a single string")
         k = check_k(k, self.num_docs)
+        allowed = check_allowed(to_ordinals(allowed, self.rows_map), self.num_docs)  # store rows -> ordinals
         out = Candidates.empty(len(queries), k)
         for qi, ids in enumerate(self.tokenize(list(queries))):
             if not ids:  # bm25s would score every doc 0 (or crash): report "nothing found"
                 continue
             scores = self.model.get_scores_from_ids(ids)
-            rows, vals = topk_rows(scores, k, keep=self._matching(ids))
+            keep = self._matching(ids)
+            if allowed is not None:
+                keep &= allowed
+            rows, vals = topk_rows(scores, k, keep=keep)
             out.rows[qi, : rows.size] = rows
             out.scores[qi, : rows.size] = vals
         return map_rows(out, self.rows_map)

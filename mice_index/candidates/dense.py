@@ -35,10 +35,10 @@ from typing import Any, ClassVar, Literal
 import faiss
 import numpy as np
 
-from mice_index.candidates.base import (PAD_ROW, PAD_SCORE, Candidates, check_k, load_rows_map, map_rows, read_meta,
-                                        write_meta)
+from mice_index.candidates.base import (PAD_ROW, PAD_SCORE, Candidates, check_allowed, check_k, load_rows_map, map_rows,
+                                        read_meta, to_ordinals, write_meta)
 from mice_index.candidates.faiss_gpu import search_index, train_on_gpu
-from mice_index.candidates.vectors import StoredVectors
+from mice_index.candidates.vectors import BULK_ROWS, StoredVectors
 from mice_index.errors import IndexError_, SearchError, StorageError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,12 @@ TRAIN_MAX_ROWS = 65_536  # ivfpq training sample cap: 96 MiB of float32 at D=384
 IVFPQ_NPROBE = 32
 IVFPQ_MIN_DOCS = 256  # below this, PQ training has too few points (and flat costs nothing)
 RECALL_QUERIES = 200
+# a filtered search of an approximate kind (hnsw / ivf / ivfpq) scores the allowed rows exactly when
+# there are at most this many (one block of vectors), else it searches the index with an ID selector,
+# widened by the filter's selectivity (nprobe / efSearch ÷ allowed fraction, so about as many
+# allowed vectors are visited as unfiltered), and re-does exactly any query that came back short
+# (BENCHMARKS.md → Filters)
+EXACT_FILTER_ROWS = 4096
 # IO_FLAG_MMAP_IFC maps the codes of IndexFlatCodes (flat, and the HNSW storage);
 # IO_FLAG_MMAP maps IVF inverted lists. The two cannot be combined for IVF.
 _MMAP_FLAGS = {"flat": faiss.IO_FLAG_MMAP_IFC, "hnsw": faiss.IO_FLAG_MMAP_IFC, "ivf": faiss.IO_FLAG_MMAP,
@@ -292,13 +298,24 @@ class DenseIndex:
             raise IndexError_("dense: cannot build an index without embeddings")
         return _build(source, config.resolved(source.num_docs, source.dim))
 
-    def search(self, queries: np.ndarray, k: int) -> Candidates:
-        """Top-k store rows [Q, k] by inner product (ordinals mapped through `rows_map`)."""
-        return map_rows(self._search(queries, k), self.rows_map)
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Candidates:
+        """Top-k rows [Q, k] by inner product with `queries` [Q, D]. `allowed` (bool [N], store
+        rows): the top-k of the allowed rows only, min(k, allowed rows) per query, never fewer:
+        flat applies a faiss ID selector (exact); hnsw / ivf / ivfpq scan the allowed rows exactly
+        when there are few (EXACT_FILTER_ROWS), else search with the selector (nprobe / efSearch
+        widened by 1 / the allowed fraction) and score a query exactly over the allowed rows
+        whenever the approximate search returned fewer. An index built over a subset of the store
+        rows (after deletions) maps its ordinals to store rows (`rows_map`; `allowed` translated)."""
+        return map_rows(self._search(queries, k, to_ordinals(allowed, self.rows_map)), self.rows_map)
 
-    def _search(self, queries: np.ndarray, k: int) -> Candidates:
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Candidates:
+        """`search` over this index's ordinals (no row map)."""
         queries = _as_matrix(queries, self.dim, "dense query embeddings")
         k = check_k(k, self.num_docs)
+        allowed = check_allowed(allowed, self.num_docs)
+        if allowed is not None:
+            with _threads(1 if queries.shape[0] < FEW_QUERIES else None):
+                return self._search_allowed(queries, k, allowed)
         if self.config.kind == "hnsw":
             self.index.hnsw.efSearch = max(self.config.hnsw_ef_search, k)
         with _threads(1 if queries.shape[0] < FEW_QUERIES else None):
@@ -311,12 +328,76 @@ class DenseIndex:
         scores = np.where(rows >= 0, scores, PAD_SCORE).astype(np.float32, copy=False)
         return Candidates(rows, scores)
 
-    def _search_refined(self, queries: np.ndarray, k: int) -> Candidates:
+    def _search_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> Candidates:
+        rows = np.flatnonzero(allowed)
+        want = min(k, rows.size)
+        if want == 0:
+            return Candidates.empty(queries.shape[0], k)
+        if self.config.kind != "flat" and rows.size <= EXACT_FILTER_ROWS:
+            return self._exact(queries, k, rows)
+        bits = np.packbits(allowed, bitorder="little")  # kept alive while faiss reads it
+        sel = faiss.IDSelectorBitmap(self.num_docs, faiss.swig_ptr(bits))
+        c = self.config
+        widen = self.num_docs / rows.size  # 1 / the allowed fraction
+        if c.kind == "hnsw":
+            ef = min(self.num_docs, math.ceil(max(c.hnsw_ef_search, k) * widen))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+        elif c.kind in ("ivf", "ivfpq"):
+            nlist = faiss.extract_index_ivf(self.index).nlist
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=min(nlist, math.ceil(c.nprobe * widen)))
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        if c.kind == "ivfpq":
+            out = self._search_refined(queries, k, params)
+        else:  # the CPU index: faiss's GPU indexes take no ID selector
+            scores, found = self.index.search(queries, k, params=params)
+            found = found.astype(np.int64, copy=False)
+            out = Candidates(found, np.where(found >= 0, scores, PAD_SCORE).astype(np.float32, copy=False))
+        short = np.flatnonzero((out.rows >= 0).sum(axis=1) < want)
+        if short.size:  # an approximate search that came back short: those queries, exactly
+            exact = self._exact(queries[short], k, rows)
+            out.rows[short], out.scores[short] = exact.rows, exact.scores
+        del bits
+        return out
+
+    def _exact(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Candidates:
+        """The exact top-k of `rows` (sorted store rows) per query: inner products with their
+        vectors (the stored vectors for ivfpq, the index's own for the other kinds), in blocks of
+        BULK_ROWS rows (StoredVectors.take reads those through its map: cost ~ the allowed rows,
+        not the corpus); ties broken by lower row, as flat."""
+        out = Candidates.empty(queries.shape[0], k)
+        best_s = np.full((queries.shape[0], 0), -np.inf, np.float32)
+        best_r = np.zeros((queries.shape[0], 0), np.int64)
+        for a in range(0, rows.size, BULK_ROWS):
+            block = rows[a : a + BULK_ROWS]
+            s = queries @ self._vectors_of(block).T  # [Q, len(block)]
+            best_s = np.concatenate([best_s, s.astype(np.float32)], axis=1)
+            best_r = np.concatenate([best_r, np.broadcast_to(block, s.shape)], axis=1)
+            if best_s.shape[1] > k:
+                keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+                best_s, best_r = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_r, keep, 1)
+        order = np.lexsort((best_r, -best_s), axis=1) if best_s.shape[1] else best_r
+        best_s, best_r = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_r, order, 1)
+        n = best_s.shape[1]
+        out.rows[:, :n], out.scores[:, :n] = best_r, best_s
+        return out
+
+    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), D] vectors of `rows`: the stored ones (ivfpq), else the index's."""
+        if self.vectors is not None:
+            return self.vectors.take(rows)
+        if self.config.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+        return self.index.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
+
+    def _search_refined(self, queries: np.ndarray, k: int, params=None) -> Candidates:
         """Top k * refine_factor by PQ codes, then exact inner products with the stored vectors."""
         if self.vectors is None:
             raise SearchError("dense ivfpq index: no stored vectors to re-score against (open it with "
                               "DenseIndex.load(directory), or pass vectors=StoredVectors.open(...))")
-        _, cand = self.index.search(queries, min(self.num_docs, k * self.config.refine_factor))
+        _, cand = self.index.search(queries, min(self.num_docs, k * self.config.refine_factor), params=params)
         out = Candidates.empty(queries.shape[0], k)
         for i, (q, c) in enumerate(zip(queries, cand)):
             c = c[c >= 0]

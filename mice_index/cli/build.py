@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -17,14 +17,15 @@ from mice_index.store.manifest import complete_index_error, index_info, read_man
 from mice_index.text import check_argument
 
 
-def _peek_corpus(corpus: str, id_field: str, text_field: str, title_field: str) -> None:
+def _peek_corpus(corpus: str, id_field: str, text_field: str, title_field: str, fields: tuple[str, ...] = ()) -> None:
     """A missing corpus, or a first document that cannot be read, refused before the model loads
     (not irds:, whose first read may download the collection)."""
     if corpus.startswith("irds:"):
         return
-    from mice_index.sources import read_documents
+    from mice_index.sources import parse_field, read_documents
 
-    docs = read_documents(corpus, id_field=id_field, text_field=text_field, title_field=title_field)
+    docs = read_documents(corpus, id_field=id_field, text_field=text_field, title_field=title_field,
+                          fields=tuple(parse_field(f) for f in fields))
     next(docs, None)
     docs.close()
 
@@ -65,6 +66,10 @@ def build_command(
     id_field: Annotated[str, typer.Option("--id-field", help="JSONL field holding the document id.")] = "_id",
     text_field: Annotated[str, typer.Option("--text-field", help="JSONL field holding the text.")] = "text",
     title_field: Annotated[str, typer.Option("--title-field", help="JSONL field holding the title.")] = "title",
+    field: Annotated[Optional[list[str]], typer.Option(
+        "--field", help="A document field for search filters, NAME:TYPE (TYPE int, float, str or bool; NAME a "
+        "JSONL key, dotted for nested objects: metadata.year:int); repeatable. A missing key is null, a value "
+        "of another type an error. \\[default: none]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress (a bar in a terminal, else a line every 10 s). \\[default: off]")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (a pool of Ray actors, "
                                                          "needs mice-index[ray]).")] = "local",
@@ -79,8 +84,14 @@ def build_command(
 ) -> None:
     """Encode a corpus into a MICE index (states + BM25 + dense). Re-run the same command to resume."""
     # Checks that need no model come first, before torch is imported (an error in < 0.5 s).
-    for value, option in ((id_field, "--id-field"), (text_field, "--text-field"), (title_field, "--title-field")):
+    for value, option in ((id_field, "--id-field"), (text_field, "--text-field"), (title_field, "--title-field"),
+                          *((f, "--field") for f in field or ())):
         check_argument(value, option)
+    fields = tuple(field or ())
+    from mice_index.sources.fields import check_fields, parse_field
+
+    check_fields(tuple(parse_field(f) for f in fields))  # a bad --field: one line before the model loads
+
     for value, option in ((batch_tokens, "--batch-tokens"), (shard_docs, "--shard-docs")):
         if value < 1:
             raise MiceIndexError(f"{option} must be >= 1, got {value}")
@@ -100,7 +111,7 @@ def build_command(
         raise MiceIndexError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {prune!r}")
     if not overwrite and num_shards is None and (err := complete_index_error(index)) is not None:
         raise err
-    _peek_corpus(corpus, id_field, text_field, title_field)
+    _peek_corpus(corpus, id_field, text_field, title_field, fields)
 
     from mice_index.build import BuildConfig, build_index
     from mice_index.distributed.cli import build_distributed, wants_distributed
@@ -110,7 +121,7 @@ def build_command(
         batch_tokens=batch_tokens, device=device, dtype=dtype, shard_docs=shard_docs,  # type: ignore[arg-type]
         dense=dense, dense_kind=dense_kind, dense_nprobe=dense_nprobe,  # type: ignore[arg-type]
         prune=prune, overwrite=overwrite,
-        id_field=id_field, text_field=text_field, title_field=title_field,
+        id_field=id_field, text_field=text_field, title_field=title_field, fields=fields,
     )
     console = Console(stderr=True)
     with task_progress("encode", "docs", console, quiet=quiet) as progress, os_errors(index, "building the index"):
@@ -196,6 +207,7 @@ def info_command(
         ("dense vectors", f"{info['dense']['source']} via {info['dense']['backbone']} ({info['dense']['dim']}-d)"
                           if info["dense"] else "none"),
         ("candidate indexes", ", ".join(k for k, v in info["candidates"].items() if v) or "none"),
+        ("fields (filters)", ", ".join(f"{f['name']} ({f['type']})" for f in info.get("fields") or []) or "none"),
         *([("dense index", _dense_index_line(info["dense_index"]))] if info.get("dense_index") else []),
         ("disk", _fmt_bytes(info["disk_bytes"])),
         *([("checksums", "verified")] if verify else []),

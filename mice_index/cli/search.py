@@ -66,6 +66,10 @@ def search_command(
     quantize: Annotated[str, typer.Option("--quantize", help=QUANTIZE_HELP)] = "auto",
     remove_query: Annotated[bool, typer.Option("--remove-query", help="Batch: leave out a document whose id "
                                                "equals the query id (BEIR arguana, quora). \\[default: off]")] = False,
+    filter_: Annotated[Optional[str], typer.Option(
+        "--filter", help="Search only the documents a metadata filter keeps, e.g. \"year >= 2020 and source in "
+        "('a','b')\" (fields from `build --field`; grammar: README → Filters); applied before the depth cut, so "
+        "a query gets min(k, matching documents) hits. \\[default: none]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One query: print JSON. \\[default: off]")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="One query: show and highlight the document words "
                                           "each query word matched: its best MaxSim match for a cls+maxsim model "
@@ -78,6 +82,8 @@ def search_command(
     if query is not None:
         check_argument(query, "--query", SearchError)
     check_argument(run_tag, "--run-tag", SearchError)
+    if filter_ is not None:
+        check_argument(filter_, "--filter", SearchError)
     if (query is None) == (queries is None):
         raise SearchError("give exactly one of --query (one query) or --queries (batch, with --run)")
     if queries is not None and run is None:
@@ -99,7 +105,12 @@ def search_command(
         raise SearchError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     if query is not None and not query.strip():
         raise SearchError("--query is empty")
-    read_manifest(index)  # a missing or damaged index folder, named
+    manifest = read_manifest(index)  # a missing or damaged index folder, named
+    if filter_ is not None:  # a bad filter is refused before torch is imported
+        from mice_index.filters import compile_filter
+        from mice_index.sources.fields import Field
+
+        compile_filter(filter_, tuple(Field(f.name, f.type) for f in manifest.settings.fields))
     if queries is not None:
         from mice_index.sources import read_queries
 
@@ -110,7 +121,7 @@ def search_command(
 
     if query is not None:
         searcher = Searcher.open(index, model=model, config=config)
-        hits = searcher.search(query, k=k)
+        hits = searcher.search(query, k=k, filter=filter_)
         explanations = _explain(searcher, index, model, query, hits) if explain else [None] * len(hits)
         _print_hits(query, hits, explanations, as_json, f"{candidates}{' → MICE' if rerank == 'mice' else ''}")
         return
@@ -121,7 +132,7 @@ def search_command(
     console = Console(stderr=True)
     with task_progress("search", "queries", console, transient=True) as bar:
         bar.set_total(len(qs))
-        results = searcher.search_many(qs, k=k, progress=bar.advance)
+        results = searcher.search_many(qs, k=k, progress=bar.advance, filter=filter_)
     with os_errors(run, "writing the run file"):
         write_run(run, results, tag=run_tag)
     console.print(f"wrote {sum(map(len, results.values()))} results for {len(results)} queries to {run}",

@@ -65,12 +65,14 @@ class ShardEncoderActor:
         self.encoder, self.dense = make_encoder(b)
         self.codec = codec_from_params(*codec_params)
         self.root, self.shard_docs, self.fault = Path(root), cfg.shard_docs, fault
+        self.fields = cfg.field_specs()
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "dense": self.dense, "device": str(self.encoder.device)}
 
     def encode(self, j: int, start_row: int, docs) -> dict[str, Any]:
-        return encode_shard(self.encoder, self.codec, self.root, j, start_row, docs, self.shard_docs, self.fault)
+        return encode_shard(self.encoder, self.codec, self.root, j, start_row, docs, self.shard_docs, self.fault,
+                            fields=self.fields)
 
 
 def _start_ray(ray, address: str | None, num_workers: int | None) -> bool:

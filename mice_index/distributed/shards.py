@@ -107,15 +107,16 @@ def _fault(fault: str | None, j: int, stage: str) -> None:
 
 
 def encode_shard(encoder: DocumentEncoder, codec: Codec, root: Path, j: int, start_row: int,
-                 docs: list[Document], shard_docs: int, fault: str | None = None) -> ShardEntry:
+                 docs: list[Document], shard_docs: int, fault: str | None = None, fields=()) -> ShardEntry:
     """Encode and atomically commit build shard j (rows start_row..); idempotent: a shard that is
-    already committed (e.g. by an attempt whose reply was lost) is returned as is, never rewritten."""
+    already committed (e.g. by an attempt whose reply was lost) is returned as is, never rewritten.
+    `fields`: the build's declared document fields (sources.fields.Field), columns of its doc table."""
     root = Path(root)
     final = root / L.SHARDS_DIR / L.shard_name(j)
     if (final / L.SHARD_META).is_file():
         return ShardEntry.read(final)
     _fault(fault, j, "start")
-    writer = ShardWriter(root, j, start_row, codec)
+    writer = ShardWriter(root, j, start_row, codec, fields=fields)
     try:
         for win in encoder.windows(docs, start_row, shard_docs):
             writer.add(win)

@@ -164,7 +164,7 @@ def _build_slice(b: _Builder, encoder: DocumentEncoder, dense: DenseInfo | None,
         if j in done:
             check_same_ids(root, done[j], docs, corpus)
         else:
-            encode_shard(encoder, codec, root, j, start, docs, S, fault)
+            encode_shard(encoder, codec, root, j, start, docs, S, fault, fields=config.field_specs())
             encoded += len(docs)
         if progress:
             progress(len(docs))

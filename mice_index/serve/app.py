@@ -66,6 +66,9 @@ class SearchRequest(BaseModel):
     alpha: float | None = Field(None, description="Weight of the first-stage score interpolated with MICE's "
                                                    "(where the library supports it).")
     explain: bool = Field(False, description="Also return which document words each query word attended to.")
+    filter: str | None = Field(None, description="Metadata filter over the index's fields, e.g. \"year >= 2020 "
+                                                 "and source in ('a','b')\" (README → Filters): only matching "
+                                                 "documents are searched, min(k, matches) hits per query.")
 
 
 class WordMatchOut(BaseModel):
@@ -102,6 +105,7 @@ class SettingsOut(BaseModel):
     depth: int
     rerank: str
     alpha: float | None
+    filter: str | None = None
 
 
 class SearchResponse(BaseModel):
@@ -122,6 +126,7 @@ class Settings(NamedTuple):
     depth: int
     rerank: str
     alpha: float | None
+    filter: str | None = None  # a metadata filter (its mask is cached by the searcher)
 
 
 class _Work(NamedTuple):
@@ -152,6 +157,7 @@ class _Engine:
         return Settings(config.candidates, config.depth, config.rerank, getattr(config, "alpha", None))
 
     def searcher(self, s: Settings):
+        s = s._replace(filter=None)  # one searcher per search configuration, whatever the filter
         if s not in self.variants:
             changes = {"candidates": s.candidates, "depth": s.depth, "rerank": s.rerank}
             if supports_alpha():
@@ -229,7 +235,8 @@ class _Engine:
                     self.between_passes()
                 passes += 1
                 texts = [q for _, q in chunk]
-                for (j, _), h, f in zip(chunk, searcher.search_texts(texts, k), searcher.dense_fallback(texts)):
+                found = searcher.search_texts(texts, k, filter=settings.filter)
+                for (j, _), h, f in zip(chunk, found, searcher.dense_fallback(texts)):
                     hits[j].append((h, FALLBACK_NOTE if f else None))
         out: list[list[dict] | BudgetExceeded] = []
         for j, w in enumerate(works):
@@ -255,7 +262,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 # the request parameters that share a CLI flag's name (the server's own options, e.g. --max-k, stay)
-_CLI_FLAG = re.compile(r"(?<![\w-])--(k|depth|candidates|rerank|alpha|explain|query)\b(?!-)")
+_CLI_FLAG = re.compile(r"(?<![\w-])--(k|depth|candidates|rerank|alpha|explain|query|filter)\b(?!-)")
 
 
 def _api_message(exc: Exception) -> str:
@@ -344,7 +351,8 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
             request.state.log = f" error={exc}"
             return _error(400, _api_message(exc))
         request.state.log = (f" k={work.k} candidates={settings.candidates} depth={settings.depth} "
-                             f"queries={len(work.queries)}{' explain' if work.explain else ''}")
+                             f"queries={len(work.queries)}{' explain' if work.explain else ''}"
+                             f"{' filtered' if settings.filter is not None else ''}")
         budget = work.budget
         try:
             lists = await run_within_budget(batcher, settings, work, request)
@@ -406,7 +414,10 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
         if req.explain and len(queries) * k_ > limits.max_explain:
             raise SearchError(f"explain: queries x k = {len(queries) * k_} explained hits is above this server's "
                               f"limit of {limits.max_explain} (--max-explain)")
-        return _Engine.settings_of(config), _Work(queries, k_, req.explain, Budget(limits.request_timeout_s))
+        if req.filter is not None:
+            engine.base.check_filter(req.filter)  # FilterError (400) before queueing; the worker makes the mask
+        settings = _Engine.settings_of(config)._replace(filter=req.filter)
+        return settings, _Work(queries, k_, req.explain, Budget(limits.request_timeout_s))
 
     responses = {code: {"model": ErrorOut} for code in (400, 413, 500, 503, 504)}
 
@@ -419,8 +430,10 @@ def create_app(searcher, batch: BatchConfig = BatchConfig(), k: int = 10,
              summary="Search with query parameters (repeat q for several queries).")
     async def search_get(request: Request, q: list[str] = Query(..., description="Query text (repeatable)."),
                          k: int | None = None, candidates: str | None = None, depth: int | None = None,
-                         rerank: str | None = None, alpha: float | None = None, explain: bool = False):
-        req = SearchRequest(q=q, k=k, candidates=candidates, depth=depth, rerank=rerank, alpha=alpha, explain=explain)
+                         rerank: str | None = None, alpha: float | None = None, explain: bool = False,
+                         filter: str | None = None):
+        req = SearchRequest(q=q, k=k, candidates=candidates, depth=depth, rerank=rerank, alpha=alpha, explain=explain,
+                            filter=filter)
         return await _search(req, request)
 
     @app.get("/", include_in_schema=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from mice_index.sources.fields import Field, parse_field
 from mice_index.sources.qrels import read_qrels
 from mice_index.sources.readers import count_documents, read_documents, read_queries
 from mice_index.sources.records import Document, Query
@@ -23,8 +24,10 @@ def sample_collection() -> Path:
 
 __all__ = [
     "Document",
+    "Field",
     "Query",
     "count_documents",
+    "parse_field",
     "read_documents",
     "read_qrels",
     "read_queries",

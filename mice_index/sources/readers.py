@@ -23,6 +23,7 @@ from mice_index.sources._files import (
     parse_json_object,
     resolve_file,
 )
+from mice_index.sources.fields import Field, field_values
 from mice_index.sources.records import Document, Query
 from mice_index.sources.seen import SeenIds
 from mice_index.text import check_text, id_problem
@@ -65,7 +66,8 @@ def _irds_duplicate(src: str, kind: str, n: int, key: str, convert, id_of) -> So
 
 
 def read_documents(
-    src: Src, *, id_field: str = "_id", text_field: str = "text", title_field: str = "title"
+    src: Src, *, id_field: str = "_id", text_field: str = "text", title_field: str = "title",
+    fields: tuple[Field, ...] = (),
 ) -> Iterator[Document]:
     """Stream documents from a BEIR folder (corpus.jsonl), a JSONL or TSV file (.gz/.bz2/.xz ok)
     or `irds:<id>`.
@@ -76,40 +78,47 @@ def read_documents(
     columns, or a header row naming them (see `sources.tsv`). For irds the record's doc_id / text
     (or default_text()) / title are used and the field options are ignored. Raises SourceError on
     bad input, text that is not valid Unicode, a duplicate id, or (at the end of iteration) an
-    empty corpus.
+    empty corpus. `fields` (JSONL only; SourceError for TSV and irds): values read into
+    `Document.fields` (sources/fields.py; a value of the wrong type is a SourceError).
     """
+    fields = tuple(fields)
+    if fields and is_irds(src):
+        raise SourceError(f"{src}: --field reads JSONL keys; an irds: corpus has none (export it to JSONL first)")
     if is_irds(src):
         yield from _irds_documents(str(src))
         return
     path = resolve_file(src, "corpus.jsonl", "corpus")
     header = None  # line number of a TSV header row
     if _is_jsonl(path):
-        def parse(lineno: int, line: str) -> tuple[str, str, str]:
+        def parse(lineno: int, line: str) -> tuple[str, str, str, tuple]:
             obj = parse_json_object(path, lineno, line)
             doc_id = _check_id(get_str(obj, id_field, path, lineno), path, str(lineno), "document")
             where = f" document {doc_id!r}:"
             text = get_str(obj, text_field, path, lineno, where=where)
             title = get_str(obj, title_field, path, lineno, where=where, required=False) or ""
-            return doc_id, text, title
+            return doc_id, text, title, field_values(obj, fields, path, lineno, doc_id) if fields else ()
     else:
+        if fields:
+            raise SourceError(f"{path}: --field reads JSONL keys; this corpus is TSV (convert it to JSONL to "
+                              "give documents fields)")
         layout = tsv.corpus_layout(path, id_field, text_field, title_field)
         header = layout.header_line
 
-        def parse(lineno: int, line: str) -> tuple[str, str, str]:
+        def parse(lineno: int, line: str) -> tuple[str, str, str, tuple]:
             doc_id, text, title = layout.split(path, lineno, line)
-            return _check_id(doc_id, path, str(lineno), "document"), text, title
+            return _check_id(doc_id, path, str(lineno), "document"), text, title, ()
 
     seen = SeenIds()
     with blame_damaged_stream(path):
         for lineno, line in iter_lines(path):
             if lineno == header:
                 continue
-            doc_id, text, title = parse(lineno, line)
+            doc_id, text, title, values = parse(lineno, line)
             if seen.seen_before(doc_id):
                 error = _duplicate(path, lineno, "document", doc_id, lambda n, ln: parse(n, ln)[0])
                 if error is not None:
                     raise error
-            yield Document(doc_id, text, title)
+            yield Document(doc_id, text, title, values)
     if not seen:
         raise SourceError(f"{path}: no documents (file is empty or has only blank lines)")
 

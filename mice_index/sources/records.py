@@ -7,11 +7,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One corpus document. Empty `text` is allowed; `title` defaults to ""."""
+    """One corpus document. Empty `text` is allowed; `title` defaults to "". `fields`: the values
+    of the build's declared fields (sources/fields.py), in declaration order (None = null); empty
+    when none were declared."""
 
     doc_id: str
     text: str
     title: str = ""
+    fields: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)

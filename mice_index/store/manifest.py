@@ -382,6 +382,7 @@ def index_info(path: str | Path) -> dict[str, Any]:
         "bytes_per_token": round(state_bytes / num_tokens, 3) if num_tokens else None,
         "state_bytes": state_bytes, "layer": m.model.fusion_layer, "hidden_size": m.model.hidden_size,
         "max_doc_length": m.settings.max_doc_length, "prune": m.settings.prune,
+        "fields": _plain(m.settings.fields),  # [{"name", "type"}]: what filters may name
         "model": m.model.name, "model_family": m.model.family, "model_options": m.model.options,
         "model_fingerprint": m.model.fingerprint, "dense": _plain(m.dense),
         "candidates": {k: (root / (getattr(m.candidates, k) or k)).is_dir() for k in (L.BM25_DIR, L.DENSE_DIR)},

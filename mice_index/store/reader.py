@@ -366,6 +366,22 @@ class IndexReader:
         shard = np.searchsorted(np.asarray(self._starts), rows, side="right") - 1
         return shard, rows - np.asarray(self._starts, dtype=np.int64)[shard]
 
+    @cached_property
+    def fields(self) -> tuple:
+        """The document fields this index was built with (sources.fields.Field; empty: none)."""
+        from mice_index.sources.fields import Field
+
+        return tuple(Field(f.name, f.type) for f in self.manifest.settings.fields)
+
+    def field_table(self):
+        """pyarrow Table [num_docs rows] of the field columns, in row order (read from every
+        shard's document table: a few bytes per document and field; the Searcher keeps it)."""
+        import pyarrow as pa
+
+        names = [f.name for f in self.fields]
+        tables = [s.table(names) for s in self._shards]
+        return pa.concat_tables(tables) if tables else pa.table({n: [] for n in names})
+
     @property
     def doc_ids(self) -> list[str]:
         """The id of every live (not deleted) row, in row order. Reads every shard's id column into

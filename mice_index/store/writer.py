@@ -30,6 +30,12 @@ DOC_SCHEMA = pa.schema([
 ])
 
 
+def doc_schema(fields=()) -> pa.Schema:
+    """The document table's schema: DOC_SCHEMA plus one nullable column per declared field
+    (sources/fields.py: int64, float64, string or bool), named as the field."""
+    return pa.schema([*DOC_SCHEMA, *(pa.field(f.name, f.arrow_type, nullable=True) for f in fields)])
+
+
 def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array:
     return group.create_array(
         name, shape=(0, width), dtype=dtype, chunks=(ZARR_CHUNK_TOKENS, width),
@@ -41,8 +47,10 @@ def create_column(group: zarr.Group, name: str, dtype, width: int) -> zarr.Array
 class ShardWriter:
     """Accumulates consecutive windows of one build shard in `tmp`, then `commit()`s it."""
 
-    def __init__(self, root: Path, index: int, start_row: int, codec: Codec):
+    def __init__(self, root: Path, index: int, start_row: int, codec: Codec, fields=()):
         self.index, self.start_row, self.codec = index, start_row, codec
+        self.fields = tuple(fields)  # declared document fields (sources.fields.Field): extra columns
+        self.schema = doc_schema(self.fields)
         self.tmp = root / L.SHARDS_DIR / (L.TMP_PREFIX + L.shard_name(index))
         self.final = root / L.SHARDS_DIR / L.shard_name(index)
         with os_errors(self.tmp, f"creating build shard {self.final.name}"):
@@ -62,7 +70,7 @@ class ShardWriter:
         self.truncated = 0
         self.empty = 0
         self.num_docs = 0
-        self.docs = pq.ParquetWriter(str(self.tmp / L.DOCS), DOC_SCHEMA, write_page_checksum=True)
+        self.docs = pq.ParquetWriter(str(self.tmp / L.DOCS), self.schema, write_page_checksum=True)
 
     def add(self, win: EncodedWindow) -> None:
         """Append one encoded window (the next rows of this shard)."""
@@ -82,7 +90,9 @@ class ShardWriter:
             "row": np.arange(win.start_row, win.start_row + n, dtype=np.int64),
             "doc_id": [d.doc_id for d in win.docs], "title": [d.title for d in win.docs],
             "text": [d.text for d in win.docs], "num_tokens": win.lengths, "truncated": win.truncated,
-        }, schema=DOC_SCHEMA))
+            # per stored row, from the document it comes from (a passage row carries its document's)
+            **{f.name: [d.fields[i] if d.fields else None for d in win.docs] for i, f in enumerate(self.fields)},
+        }, schema=self.schema))
         self.lengths.append(win.lengths)
         if win.dense is not None:
             self.dense.append(win.dense)

@@ -52,7 +52,8 @@ function render(data) {
   const s = data.settings;
   const note = data.results[0].note;
   $("status").textContent = `${hits.length} hits in ${data.took_ms.toFixed(0)} ms — ${s.candidates}` +
-    (s.rerank === "mice" ? ` top-${s.depth} → MICE` : "") + (note ? ` (${note})` : "");
+    (s.rerank === "mice" ? ` top-${s.depth} → MICE` : "") + (s.filter ? ` where ${s.filter}` : "") +
+    (note ? ` (${note})` : "");
 }
 
 async function search(event) {
@@ -62,6 +63,7 @@ async function search(event) {
   const params = new URLSearchParams({ q, candidates: $("candidates").value, rerank: $("rerank").value,
                                        explain: $("explain").checked });
   for (const name of ["k", "depth"]) if ($(name).value) params.set(name, $(name).value);
+  if ($("filter").value.trim()) params.set("filter", $("filter").value.trim());
   $("status").className = "muted";
   $("status").textContent = "searching…";
   try {
@@ -82,6 +84,9 @@ async function loadInfo() {
     const info = await (await fetch("info")).json();
     const model = defaults ? defaults.model : info.model;
     $("index-info").textContent = `${info.num_docs.toLocaleString()} documents · codec ${info.codec} · model ${model}`;
+    const fields = info.fields || [];  // the filter box only for an index with document fields
+    $("filter-label").hidden = fields.length === 0 && !$("filter").value;
+    $("filter").title = "fields: " + fields.map((f) => `${f.name} (${f.type})`).join(", ");
   } catch (err) {
     $("index-info").textContent = "";
   }
@@ -105,7 +110,7 @@ async function start() {
   $("search-form").addEventListener("submit", search);
   await loadDefaults();
   const initial = new URLSearchParams(location.search);
-  for (const name of ["q", "k", "candidates", "depth", "rerank"]) {
+  for (const name of ["q", "k", "candidates", "depth", "rerank", "filter"]) {
     if (initial.get(name)) $(name).value = initial.get(name);
   }
   if (initial.has("explain")) $("explain").checked = initial.get("explain") === "true";
