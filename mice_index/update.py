@@ -232,9 +232,11 @@ def _squared_error(codec, states: np.ndarray, limit: int = 4096) -> tuple[float,
 
 
 def _baseline_error(reader, encoder, codec, n: int) -> float | None:
-    """The codec's relative error on the first `n` live build documents, re-encoded from their stored
-    texts (the build's own states are stored only encoded): the reference of the drift."""
-    rows = reader.live_rows()[:n].tolist()
+    """The codec's relative error on the last `n` live build documents, re-encoded from their stored
+    texts (the build's own states are stored only encoded): the reference of the drift. The last
+    ones, not the first: the codec was fitted on the first tokens of the build, and documents of
+    its fit sample would make the reference optimistic (on indexes larger than that sample)."""
+    rows = reader.live_rows()[-n:].tolist()
     docs = [Document(i, text, title) for i, (title, text) in zip(reader.doc_ids_of(rows), reader.texts(rows))]
     se = ss = 0.0
     for win in encoder.windows(docs, 0):
