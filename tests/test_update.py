@@ -332,8 +332,8 @@ main()
 
 @pytest.mark.parametrize("op,point", [pytest.param("add", "segment", marks=pytest.mark.slow),
                                       pytest.param("add", "manifest", marks=pytest.mark.slow), ("add", "committed"),
-                                      ("delete", "candidates"), pytest.param("compact", "committed",
-                                                                             marks=pytest.mark.slow)])
+                                      ("delete", "candidates"), ("compact", "segment"),
+                                      pytest.param("compact", "committed", marks=pytest.mark.slow)])
 def test_kill9_leaves_previous_or_next_state_and_rerun_finishes(tmp_path, model_dir, docs, op, point, monkeypatch,
                                                                 capsys):
     idx = tmp_path / "idx"
