@@ -356,6 +356,9 @@ class FilterMasks:
             if self._table is None:
                 self._table = self.reader.field_table()
             mask = flt.mask(self._table)
+            deleted = getattr(self.reader, "deleted", None)  # rows deleted by `delete` / `add --update`
+            if deleted is not None:
+                mask &= ~deleted
             if not mask.any():  # once per filter (then cached): an empty result is not a silent mystery
                 log.warning("--filter %s keeps no document of this index (%d documents): every result is empty",
                             _shown(text), mask.size)

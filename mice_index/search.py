@@ -33,7 +33,7 @@ from mice_index.text import check_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "ranked", "resolve_alpha"]
+__all__ = ["Hit", "SearchConfig", "Searcher", "checked_model", "clipped", "live_docs", "ranked", "resolve_alpha"]
 
 DEFAULT_DEPTH = 100
 
@@ -87,7 +87,7 @@ class Searcher:
         self.reader, self.model, self.config = reader, model, config
         # a passage index: rows are passages, and k, depth and runs count documents (aggregate.py)
         self._passages = PassageMap(**reader.passage_columns()) if getattr(reader, "passages", None) else None
-        self.num_documents = self._passages.num_docs if self._passages is not None else reader.num_docs
+        self.num_documents = self._passages.num_docs if self._passages is not None else live_docs(reader)
         config = replace(config, depth=clipped("--depth", config.depth, DEFAULT_DEPTH, self.num_documents))
         self.config = config
         want_bm25, dense = config.candidates in ("bm25", "hybrid"), reader.dense_path
@@ -161,7 +161,7 @@ class Searcher:
         their states from the dense encoder's bottom (`_shared_query_states`), used when no query
         was cut at the MICE query length; `allowed` (bool [num_docs]): only those store rows, the
         exact top of the allowed set of each generator (applied before the depth cut)."""
-        kind, n = self.config.candidates, self.reader.num_docs
+        kind, n = self.config.candidates, live_docs(self.reader)
         per_list = min(max(depth, self.config.hybrid.depth), n) if kind == "hybrid" else depth
         bm25 = self._bm25.search(list(texts), per_list, allowed) if self._bm25 is not None else None
         if kind == "bm25":
@@ -254,7 +254,7 @@ class Searcher:
         shared = self._shared_query_states(texts)  # one bottom pass for the dense stage and MICE
         if self._passages is not None:
             return self._search_passages(queries, texts, shared, k, remove, allowed)
-        cands = self.candidates(texts, min(depth + extra, self.reader.num_docs), shared, allowed)
+        cands = self.candidates(texts, min(depth + extra, live_docs(self.reader)), shared, allowed)
         lists = []
         for q, rows, scores in zip(queries, cands.rows, cands.scores):
             keep = rows >= 0
@@ -336,6 +336,11 @@ class Searcher:
         """A searcher over the build the index folder holds now, with this one's model and config
         (the model is not loaded again; it must match the new index's fingerprint)."""
         return Searcher.open(self.reader.root, model=self.model, config=self.config)
+
+
+def live_docs(reader) -> int:
+    """Documents a search over `reader` can return (store rows minus deleted ones)."""
+    return int(getattr(reader, "num_live", reader.num_docs))
 
 
 def ranked(rows: np.ndarray, scores: np.ndarray, k: int, ids_of) -> list[int]:

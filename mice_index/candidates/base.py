@@ -20,6 +20,9 @@ from mice_index.errors import IndexError_, SearchError
 PAD_ROW = -1
 PAD_SCORE = np.float32(-np.inf)
 META_FILE = "candidates.json"
+# ordinal -> store row (int64 [n]) of an index built over a subset of the store rows (the live rows
+# after `delete`, mice_index/update.py); absent: ordinal i is store row i
+ROWS_FILE = "rows.npy"
 
 
 class Candidates(NamedTuple):
@@ -125,3 +128,45 @@ def read_meta(directory: Path, expected_name: str) -> dict[str, Any]:
     if meta.get("name") != expected_name:
         raise IndexError_(f"{path}: holds a {meta.get('name')!r} index, expected {expected_name!r}")
     return meta
+
+
+def save_rows_map(directory: Path, rows: np.ndarray | None) -> None:
+    """Write the ordinal -> store-row map of an index built over `rows` (None: identity, no file)."""
+    if rows is not None:
+        np.save(Path(directory) / ROWS_FILE, np.asarray(rows, dtype=np.int64), allow_pickle=False)
+
+
+def load_rows_map(directory: Path, num_docs: int) -> np.ndarray | None:
+    """The ordinal -> store-row map saved with an index (None when absent: identity); IndexError_
+    when it does not fit the index's `num_docs` ordinals."""
+    path = Path(directory) / ROWS_FILE
+    if not path.is_file():
+        return None
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexError_(f"{path}: cannot read the row map ({exc})") from None
+    if rows.shape != (num_docs,) or rows.dtype != np.int64 or (rows.size > 1 and (np.diff(rows) <= 0).any()):
+        raise IndexError_(f"{path}: row map does not fit the index ({rows.shape} for {num_docs} documents)")
+    return rows
+
+
+def to_ordinals(allowed: np.ndarray | None, rows_map: np.ndarray | None) -> np.ndarray | None:
+    """A bool mask over store rows as a mask over an index's ordinals (`allowed[rows_map]`);
+    unchanged without a map or a mask. SearchError when the mask is not over the store rows."""
+    if allowed is None or rows_map is None:
+        return allowed
+    allowed = np.asarray(allowed)
+    if allowed.dtype != bool or allowed.ndim != 1 or (rows_map.size and allowed.size <= rows_map[-1]):
+        raise SearchError(f"allowed must be a bool mask over the store rows (more than {int(rows_map[-1])}), got "
+                          f"{allowed.dtype} {allowed.shape}")
+    return allowed[rows_map]
+
+
+def map_rows(cands: Candidates, rows_map: np.ndarray | None) -> Candidates:
+    """`cands` with ordinals replaced by store rows (padding kept); unchanged without a map. The
+    map is increasing, so ties broken by lower ordinal stay broken by lower store row."""
+    if rows_map is None:
+        return cands
+    rows = np.where(cands.rows >= 0, rows_map[np.maximum(cands.rows, 0)], PAD_ROW)
+    return Candidates(rows.astype(np.int64, copy=False), cands.scores)

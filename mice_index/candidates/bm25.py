@@ -22,7 +22,8 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from mice_index.candidates.base import Candidates, check_allowed, check_k, read_meta, topk_rows, write_meta
+from mice_index.candidates.base import (Candidates, check_allowed, check_k, load_rows_map, map_rows, read_meta,
+                                        to_ordinals, topk_rows, write_meta)
 from mice_index.candidates.bm25_build import BATCH_TOKENS, BUCKET_POSTINGS, write_index
 from mice_index.errors import IndexError_, SearchError
 
@@ -59,6 +60,7 @@ class BM25Index:
     def __init__(self, model: bm25s.BM25, config: BM25Config) -> None:
         self.model = model
         self.config = config
+        self.rows_map: np.ndarray | None = None  # ordinal -> store row (candidates/base.py ROWS_FILE)
 
     @property
     def num_docs(self) -> int:
@@ -134,7 +136,7 @@ class BM25Index:
         if isinstance(queries, str):
             raise SearchError("BM25 search expects a list of query strings, got a single string")
         k = check_k(k, self.num_docs)
-        allowed = check_allowed(allowed, self.num_docs)
+        allowed = check_allowed(to_ordinals(allowed, self.rows_map), self.num_docs)  # store rows -> ordinals
         out = Candidates.empty(len(queries), k)
         for qi, ids in enumerate(self.tokenize(list(queries))):
             if not ids:  # bm25s would score every doc 0 (or crash): report "nothing found"
@@ -146,7 +148,7 @@ class BM25Index:
             rows, vals = topk_rows(scores, k, keep=keep)
             out.rows[qi, : rows.size] = rows
             out.scores[qi, : rows.size] = vals
-        return out
+        return map_rows(out, self.rows_map)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -164,4 +166,5 @@ class BM25Index:
         index = cls(model, BM25Config(**meta["config"]))
         if index.num_docs != meta["num_docs"]:
             raise IndexError_(f"{directory}: bm25s index has {index.num_docs} docs, metadata says {meta['num_docs']}")
+        index.rows_map = load_rows_map(directory, index.num_docs)
         return index

@@ -35,8 +35,8 @@ from typing import Any, ClassVar, Literal
 import faiss
 import numpy as np
 
-from mice_index.candidates.base import (PAD_ROW, PAD_SCORE, Candidates, check_allowed, check_k, read_meta,
-                                       write_meta)
+from mice_index.candidates.base import (PAD_ROW, PAD_SCORE, Candidates, check_allowed, check_k, load_rows_map, map_rows,
+                                        read_meta, to_ordinals, write_meta)
 from mice_index.candidates.faiss_gpu import search_index, train_on_gpu
 from mice_index.candidates.vectors import BULK_ROWS, StoredVectors
 from mice_index.errors import IndexError_, SearchError, StorageError
@@ -271,6 +271,7 @@ class DenseIndex:
         self.config = config
         self.vectors = vectors
         self._searcher = None  # `index`, or its GPU copy (faiss-gpu), made at the first search
+        self.rows_map: np.ndarray | None = None  # ordinal -> store row (candidates/base.py ROWS_FILE)
         if config.kind in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(index).nprobe = config.nprobe
         if vectors is not None and (vectors.num_docs, vectors.dim) != (self.num_docs, self.dim):
@@ -303,7 +304,12 @@ class DenseIndex:
         flat applies a faiss ID selector (exact); hnsw / ivf / ivfpq scan the allowed rows exactly
         when there are few (EXACT_FILTER_ROWS), else search with the selector (nprobe / efSearch
         widened by 1 / the allowed fraction) and score a query exactly over the allowed rows
-        whenever the approximate search returned fewer."""
+        whenever the approximate search returned fewer. An index built over a subset of the store
+        rows (after deletions) maps its ordinals to store rows (`rows_map`; `allowed` translated)."""
+        return map_rows(self._search(queries, k, to_ordinals(allowed, self.rows_map)), self.rows_map)
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Candidates:
+        """`search` over this index's ordinals (no row map)."""
         queries = _as_matrix(queries, self.dim, "dense query embeddings")
         k = check_k(k, self.num_docs)
         allowed = check_allowed(allowed, self.num_docs)
@@ -426,7 +432,7 @@ class DenseIndex:
         rows = np.sort(rng.choice(self.num_docs, size=min(num_queries, self.num_docs), replace=False))
         xq = source.take(rows)
         _, exact = knn_ground_truth(xq, source.chunks(ADD_CHUNK), k, metric_type=faiss.METRIC_INNER_PRODUCT)
-        approx = self._unmapped().search(xq, k).rows
+        approx = self._unmapped()._search(xq, k).rows
         hits = [np.intersect1d(a[a != PAD_ROW], e[e >= 0]).size for a, e in zip(approx, exact)]
         return {"recall_at_100": round(float(np.mean(hits)) / k, 4), "queries": int(rows.size), **base,
                 "exact": False}
@@ -516,9 +522,11 @@ class DenseIndex:
                 raise IndexError_(f"{directory}: the stored vectors of the dense ivfpq index do not match its "
                                   f"metadata ({len(spec.get('files', []))} files, rows {spec.get('rows')})")
         try:
-            return cls(index, config, vectors if config.kind == "ivfpq" else None)
+            out = cls(index, config, vectors if config.kind == "ivfpq" else None)
         except SearchError as exc:
             raise IndexError_(f"{directory}: {exc}") from None
+        out.rows_map = load_rows_map(directory, out.num_docs)
+        return out
 
 
 def _faiss_reason(exc: RuntimeError) -> str:

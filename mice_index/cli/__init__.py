@@ -33,6 +33,7 @@ from mice_index.cli import search as _search  # noqa: E402,F401
 from mice_index.cli import train as _train  # noqa: E402,F401
 from mice_index.cli import merge as _merge  # noqa: E402,F401
 from mice_index.cli import serve as _serve  # noqa: E402,F401
+from mice_index.cli import update as _update  # noqa: E402,F401
 from mice_index.cli import upgrade as _upgrade  # noqa: E402,F401
 
 

@@ -157,6 +157,16 @@ def build_command(
     )
 
 
+def _drift_line(d: dict) -> str:
+    """How far documents added since the build are from the codec's codebooks (mice_index/update.py)."""
+    if d.get("added_relative_error") is None:
+        return "no documents added since the build"
+    base = d.get("baseline_relative_error")
+    ratio = f", {d['ratio']:.2f}x the build documents' {base:.2e}" if d.get("ratio") else ""
+    return (f"relative reconstruction error {d['added_relative_error']:.2e} on {d['added_docs']:,} added "
+            f"documents{ratio} (`compact --refit` re-fits)")
+
+
 def _dense_index_line(d: dict) -> str:
     """e.g. "ivfpq (nlist 1680, nprobe 32, 48 B codes, re-scores top k×4): recall@100 vs flat 0.986 (...)"."""
     params = {"hnsw": lambda: f"M {d['hnsw_m']}, efSearch {d['hnsw_ef_search']}",
@@ -197,6 +207,8 @@ def info_command(
         ("passages", f"{info['num_docs']:,} in {info['num_shards']} shards (documents as windows of "
                      f"{info['passages']['window']} tokens, stride {info['passages']['stride']}; the counts "
                      "below are of passages)"),
+        *([("deleted rows", f"{info['deleted_docs']:,} until `mice-index compact`")] if info.get("deleted_docs") else []),
+        *([("codec drift", _drift_line(info["codec_drift"]))] if info.get("codec_drift") else []),
         ("tokens", f"{info['num_tokens']:,} ({info['truncated_docs']:,} docs truncated at "
                    f"{info['max_doc_length']}, {info['empty_docs']:,} empty)"),
         ("token pruning", info["prune"] if info["prune"] == "none" else f"{info['prune']} (stopword and punctuation "

@@ -205,7 +205,7 @@ class _Engine:
         if self.base.is_current():
             return
         new = self.base.reopened()  # MiceIndexError (503) while the folder is being swapped
-        log.info("the index was replaced: reloaded %s (%d documents)", Path(new.reader.root).name, new.reader.num_docs)
+        log.info("the index was replaced: reloaded %s (%d documents)", Path(new.reader.root).name, new.reader.num_live)
         self.base, self._explainer = new, None
         self.variants = OrderedDict({self.settings_of(new.config): new})
 

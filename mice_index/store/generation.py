@@ -12,6 +12,13 @@ a swap before the open changes the manifest before the check.
 
 Who holds a reader picks up a new generation only as a whole: `Searcher.reopened()`; the server
 reloads between requests (never within one) and re-runs a request that met IndexChanged once.
+
+`add` / `delete` / `compact` (mice_index/update.py) commit a new manifest with a new generation id
+too, but they never change a file in place: every commit writes new segment / tombstone /
+candidate files and keeps the files of the commit before it (the manifest's `previous`). So a
+reader of the previous generation stays valid: `is_current()` is False (reopen to see the
+change), while `check()` passes as long as the index holds its generation or the one right after
+it; two commits later its files may be gone and `check()` raises IndexChanged.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class Generation:
     def __init__(self, root: Path, manifest: Manifest):
         self.root, self.id = Path(root), manifest.generation
         self._stamp = _stamp(self.root / L.MANIFEST)
+        self._kept: tuple[int, int, int, int] | None = None  # manifest stamp that still keeps our files
 
     def is_current(self) -> bool:
         """True while `root` still holds the generation this reader was opened on."""
@@ -75,8 +83,28 @@ class Generation:
             return True
         return False
 
+    def files_kept(self) -> bool:
+        """True while the files of this generation are still in `root`: it is the current one, or
+        the one right before it (an update keeps the previous commit's files; `previous`)."""
+        if self.is_current():
+            return True
+        stamp = _stamp(self.root / L.MANIFEST)
+        if stamp is None or self.id is None:
+            return False
+        if stamp == self._kept:
+            return True
+        try:
+            now = json.loads((self.root / L.MANIFEST).read_bytes())
+            previous = (now.get("previous") or {}).get("generation")
+        except (OSError, ValueError, AttributeError):
+            return False
+        if previous == self.id:
+            self._kept = stamp
+            return True
+        return False
+
     def check(self) -> None:
-        """IndexChanged unless `root` still holds this generation (call it after opening a file)."""
-        if not self.is_current():
-            raise IndexChanged(f"{self.root}: the index was replaced (build --overwrite) while it was being "
-                               "read; open it again and repeat the search")
+        """IndexChanged unless `root` still holds this generation's files (call it after opening a file)."""
+        if not self.files_kept():
+            raise IndexChanged(f"{self.root}: the index was replaced (build --overwrite) or changed twice (add / "
+                               "delete / compact) while it was being read; open it again and repeat the search")

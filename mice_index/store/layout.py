@@ -165,7 +165,10 @@ def rebuild_command(root: Path) -> str | None:
         args.append(f"--dense-kind {cands.dense_kind}")
     if cands.dense_nprobe:
         args.append(f"--dense-nprobe {cands.dense_nprobe}")
-    return "mice-index build " + " ".join(args) + " --overwrite"
+    command = "mice-index build " + " ".join(args) + " --overwrite"
+    if m.last_op is not None:  # documents were added / deleted since the build (mice_index/update.py)
+        command += " (then repeat the add / delete commands run since that build)"
+    return command
 
 
 def crc32c_file(path: Path) -> int:

@@ -22,8 +22,8 @@ from mice_index.errors import IndexError_
 from mice_index.store import layout as L
 from mice_index.store.lock import is_locked
 
-__all__ = ["Candidates", "CodecInfo", "DenseInfo", "FieldSpec", "Manifest", "ModelInfo", "Passages", "Settings",
-           "ShardEntry", "Tombstones", "complete_index_error", "index_info", "new_manifest", "read_manifest",
+__all__ = ["Candidates", "CodecDrift", "CodecInfo", "DenseInfo", "FieldSpec", "LastOp", "Manifest", "ModelInfo",
+           "Passages", "Previous", "Settings", "ShardEntry", "Tombstones", "complete_index_error", "index_info", "new_manifest", "read_manifest",
            "verify_shards", "write_manifest"]
 
 COUNT_KEYS = ("num_docs", "num_tokens", "truncated_docs", "empty_docs")
@@ -196,6 +196,37 @@ class Tombstones:
 
 
 @dataclass(frozen=True)
+class Previous:
+    """The commit an update followed (issue 19, segments): its generation and the root-relative
+    names of its files, kept so that its readers keep working until they reopen."""
+
+    generation: str | None
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LastOp:
+    """The last update (`add` / `delete` / `compact`) and a digest of its input: a re-run of the
+    same command after a kill is recognised as already applied."""
+
+    op: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class CodecDrift:
+    """How far documents added after the build are from the kept codec's codebooks: relative
+    reconstruction error sum||x - x̂||² / sum||x||² of their states vs the build documents'."""
+
+    baseline_relative_error: float | None = None  # the codec on a sample of build documents
+    added_relative_error: float | None = None
+    added_squared_error: float = 0.0
+    added_squared_norm: float = 0.0
+    added_docs: int = 0
+    ratio: float | None = None  # added / baseline
+
+
+@dataclass(frozen=True)
 class Manifest:
     """INDEX/manifest.json as a frozen value; change it with `dataclasses.replace` and commit it
     with `write_manifest`. `format_version` is the version read from disk (2 or 3; 1 too)."""
@@ -212,6 +243,9 @@ class Manifest:
     dense: DenseInfo | None = None  # None: no dense vectors
     candidates: Candidates = field(default_factory=Candidates)
     tombstones: Tombstones | None = None  # None: no deleted rows
+    previous: Previous | None = None  # None: never updated (store/segments.py)
+    last_op: LastOp | None = None
+    codec_drift: CodecDrift | None = None  # None: nothing added since the build
 
     # -- totals over the shards --
     @property
@@ -238,7 +272,10 @@ class Manifest:
                       complete=bool,
                       dense=lambda v: _build(DenseInfo, v) if v else None,
                       candidates=lambda v: _build(Candidates, v or {}, files=lambda f: dict(f or {})),
-                      tombstones=lambda v: None if v is None else _build(Tombstones, v))
+                      tombstones=lambda v: None if v is None else _build(Tombstones, v),
+                      previous=lambda v: None if v is None else _build(Previous, v, files=tuple),
+                      last_op=lambda v: None if v is None else _build(LastOp, v),
+                      codec_drift=lambda v: None if v is None else _build(CodecDrift, v))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to manifest.json (with the derived `counts`)."""
@@ -326,6 +363,9 @@ def verify_shards(root: Path, manifest: Manifest, deep: bool = True) -> None:
                 raise L.damaged(f, "file missing", root, info.name)
             if f.stat().st_size != want["bytes"] or (deep and L.sha256_file(f) != want["sha256"]):
                 raise L.damaged(f, "checksum mismatch", root, info.name)
+    stones = manifest.tombstones
+    if stones and (not (root / stones.file).is_file() or L.sha256_file(root / stones.file) != stones.sha256):
+        raise L.damaged(root / stones.file, "tombstone file missing, or checksum mismatch", root)
     for rel, want in manifest.candidates.files.items():
         f = root / rel
         if not f.is_file() or f.stat().st_size != want["bytes"] or (deep and L.crc32c_file(f) != want["crc32c"]):
@@ -342,10 +382,14 @@ def index_info(path: str | Path) -> dict[str, Any]:
     for s in m.shards:
         d = root / L.SHARDS_DIR / s.name / L.STATES
         state_bytes += sum(L.dir_bytes(d / c) for c in m.codec.columns if (d / c).is_dir())
+    deleted = m.tombstones.count if m.tombstones else 0
     return {
         "path": str(root), "format_version": m.format_version, "complete": m.complete,
         "building": not m.complete and is_locked(root),
-        "num_docs": counts["num_docs"], "num_tokens": num_tokens, "num_shards": len(m.shards),
+        # live documents; num_rows counts the deleted ones too (their states stay until `compact`)
+        "num_docs": counts["num_docs"] - deleted, "num_rows": counts["num_docs"], "deleted_docs": deleted,
+        "generation": m.generation, "codec_drift": _plain(m.codec_drift),
+        "num_tokens": num_tokens, "num_shards": len(m.shards),
         "truncated_docs": counts["truncated_docs"], "empty_docs": counts["empty_docs"],
         "codec": m.codec.name, "codec_bytes_per_token": m.codec.bytes_per_token,
         "bytes_per_token": round(state_bytes / num_tokens, 3) if num_tokens else None,
@@ -355,7 +399,7 @@ def index_info(path: str | Path) -> dict[str, Any]:
         "passages": _plain(m.settings.passages),  # {"window", "stride"}: rows are passages (build --passages)
         "model": m.model.name, "model_family": m.model.family, "model_options": m.model.options,
         "model_fingerprint": m.model.fingerprint, "dense": _plain(m.dense),
-        "candidates": {k: (root / k).is_dir() for k in (L.BM25_DIR, L.DENSE_DIR)},
+        "candidates": {k: (root / (getattr(m.candidates, k) or k)).is_dir() for k in (L.BM25_DIR, L.DENSE_DIR)},
         # kind, parameters and recall@100 vs flat measured at build time (None before they were recorded)
         "dense_index": m.candidates.dense_index,
         "disk_bytes": L.dir_bytes(root), "library_version": m.library_version,

@@ -22,6 +22,7 @@ from mice_index.store.codecs import load_codec  # noqa: F401 (re-exported)
 from mice_index.store.generation import Generation, IndexChanged  # noqa: F401 (re-exported)
 from mice_index.store.lock import LOCK, is_locked  # noqa: F401
 from mice_index.store.manifest import Manifest, ShardEntry, index_info, read_manifest, verify_shards  # noqa: F401
+from mice_index.store.segments import deleted_mask, read_tombstones
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class _Column:
             self._map(*layout)
 
     def _damaged(self, path: Path, detail: str) -> IndexError_:
+        self.opened()  # a file removed by a later commit: IndexChanged, not damage
         return L.damaged(path, detail, self.root, self.shard)
 
     def _layout(self) -> tuple[int, int, bool, bool] | None:
@@ -160,6 +162,7 @@ class _Shard:
         self.opened = lambda: None  # called after each by-path open (IndexReader: its generation check)
 
     def damaged(self, path: Path, detail: str) -> IndexError_:
+        self.opened()  # a file removed by a later commit (or a replaced index): IndexChanged, not damage
         return L.damaged(path, detail, self.root, self.name)
 
     @cached_property
@@ -241,17 +244,25 @@ class _Shard:
 
 
 class IndexReader:
-    """Random access to a built index by document row (0..num_docs-1, corpus order)."""
+    """Random access to a built index by store row (0..num_docs-1: build order, then the rows of
+    later `add`s). Rows deleted by `delete` / `add --update` stay readable by row (their states are
+    kept until `compact`), but `deleted` marks them, and `num_live`, `doc_ids`, `row_of` and
+    `live_rows` skip them (store/segments.py)."""
 
-    def __init__(self, root: Path, manifest: Manifest):
+    def __init__(self, root: Path, manifest: Manifest, writing: bool = False):
+        """`writing`: a commit being written (mice_index/update.py) reads its own manifest before
+        it is on disk; no generation checks then (the writer holds the lock)."""
         self.root, self.manifest = Path(root), manifest
         self.codec: Codec = load_codec(self.root, manifest)
         cols = list(self.codec.columns())
         self.generation = Generation(self.root, manifest)  # the build this reader holds
         self._shards = [_Shard(self.root, s, cols) for s in manifest.shards]
         for s in self._shards:
-            s.opened = self.generation.check
+            if not writing:
+                s.opened = self.generation.check
         self._starts = [s.start for s in self._shards]
+        self.deleted_rows = read_tombstones(self.root, manifest)  # sorted int64 [n deleted]
+        self.deleted = deleted_mask(self.num_docs, self.deleted_rows)  # bool [num_docs] | None
         self._groups: OrderedDict[tuple[int, int, bool], Any] = OrderedDict()  # row groups read lately
         self._id_hashes: tuple[np.ndarray, np.ndarray] | None = None  # for row_of, built on first use
         self._passage_columns: dict[str, np.ndarray] | None = None  # a passage index's, read on first use
@@ -275,6 +286,16 @@ class IndexReader:
     @property
     def num_docs(self) -> int:
         return sum(s.num_docs for s in self._shards)
+
+    @property
+    def num_live(self) -> int:
+        """Documents a search can return: store rows not deleted."""
+        return self.num_docs - int(self.deleted_rows.size)
+
+    def live_rows(self) -> np.ndarray:
+        """The store rows not deleted, ascending (int64 [num_live])."""
+        rows = np.arange(self.num_docs, dtype=np.int64)
+        return rows if self.deleted is None else rows[~self.deleted]
 
     @property
     def num_tokens(self) -> int:
@@ -308,9 +329,9 @@ class IndexReader:
         CANDIDATE_CRC_BYTES, their crc32c too (a larger index would be read whole at every open;
         `mice-index info --verify` checks every crc32c). Indexes built before these were recorded:
         not checked."""
-        folder = self.root / name
+        folder = self.root / self.candidate_folder(name)
         files = {rel: want for rel, want in self.manifest.candidates.files.items()
-                 if rel.startswith(name + "/")}
+                 if rel.startswith(folder.name + "/")}
         deep = sum(want["bytes"] for want in files.values()) <= CANDIDATE_CRC_BYTES
         for rel, want in files.items():
             path = self.root / rel
@@ -323,13 +344,19 @@ class IndexReader:
                 raise L.damaged(path, f"checksum mismatch in the {name} index", self.root)
         return folder
 
+    def candidate_folder(self, name: str) -> str:
+        """The folder name of candidate index `name` (bm25 / dense) in this commit: the build's
+        `bm25` / `dense`, or the `bm25-<generation>` / ... of a later update (store/segments.py)."""
+        return getattr(self.manifest.candidates, name, None) or name
+
     @property
     def bm25_path(self) -> Path:
-        return self.root / L.BM25_DIR
+        return self.root / self.candidate_folder(L.BM25_DIR)
 
     @property
     def dense_path(self) -> Path | None:
-        return self.root / L.DENSE_DIR if (self.root / L.DENSE_DIR).is_dir() else None
+        path = self.root / self.candidate_folder(L.DENSE_DIR)
+        return path if path.is_dir() else None
 
     # -- rows <-> ids --
     def _locate(self, rows) -> tuple[np.ndarray, np.ndarray]:
@@ -358,11 +385,13 @@ class IndexReader:
 
     @property
     def doc_ids(self) -> list[str]:
-        """Every document id in row order. Reads every shard's id column into Python strings (for
-        tests and small tools); searching reads only the rows it needs (`doc_ids_of`)."""
+        """The id of every live (not deleted) row, in row order. Reads every shard's id column into
+        Python strings (for tests and small tools); searching reads only the rows it needs (`doc_ids_of`)."""
         ids: list[str] = []
         for s in self._shards:
             ids.extend(s.table(["doc_id"]).column("doc_id").to_pylist())
+        if self.deleted is not None:
+            ids = [d for d, gone in zip(ids, self.deleted.tolist()) if not gone]
         return ids
 
     def _group(self, s: int, g: int, texts: bool):
@@ -399,7 +428,7 @@ class IndexReader:
         return self.doc_ids_of([row])[0]
 
     def row_of(self, doc_id: str) -> int:
-        """The row of `doc_id`; IndexError_ if the index has no such document. The first call
+        """The (first live) row of `doc_id`; IndexError_ if the index has no such live document. The first call
         builds a sorted table of 64-bit id hashes (16 bytes per document: ~16 MB per million),
         reading every id once; only --remove-query and MiceReranker look rows up by id."""
         if self._id_hashes is None:
@@ -408,6 +437,8 @@ class IndexReader:
                 col = s.table(["doc_id"]).column("doc_id").to_pylist()
                 hashes[s.start: s.start + len(col)] = np.fromiter(map(seen.id_hash, col), np.int64, len(col))
             order = np.argsort(hashes, kind="stable")
+            if self.deleted is not None:  # a deleted row has no id any more
+                order = order[~self.deleted[order]]
             self._id_hashes = (hashes[order], order)
         hashes, order = self._id_hashes
         h = seen.id_hash(doc_id)
