@@ -150,6 +150,37 @@ def _shard_entry(writer) -> ShardEntry:
     return ShardEntry.read(writer.final)
 
 
+class _Segments:
+    """Appends encoded windows to new segments of `size` documents from segment number `first` on,
+    committing each full one into `shards` (a list of ShardEntry, extended in place)."""
+
+    def __init__(self, root: Path, first: int, size: int, codec, fields, shards: list) -> None:
+        self.root, self.idx, self.size, self.codec, self.fields, self.shards = root, first, size, codec, fields, shards
+        self.writer = None
+
+    def room(self) -> int:
+        """Documents the open segment still takes."""
+        return self.size - (self.writer.num_docs if self.writer is not None else 0)
+
+    def add(self, win) -> None:
+        from mice_index.store.writer import ShardWriter
+        if self.writer is None:
+            self.writer = ShardWriter(self.root, self.idx, win.start_row, self.codec, fields=self.fields)
+        self.writer.add(win)
+        if self.writer.num_docs == self.size:
+            self.shards.append(_shard_entry(self.writer))
+            self.writer, self.idx = None, self.idx + 1
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.shards.append(_shard_entry(self.writer))
+            self.writer = None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
 def _next_shard(m: Manifest) -> int:
     return max((int(s.name) for s in m.shards if s.name.isdigit()), default=-1) + 1
 
@@ -279,7 +310,6 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
             return _result(root, "add", t0, already=True, compacted=_maybe_compact(root, config))
         from mice_index.store.codecs import load_codec
         from mice_index.store.reader import IndexReader
-        from mice_index.store.writer import ShardWriter
 
         reader = IndexReader(root, m, writing=True)
         existing = _live_rows_by_id(reader)
@@ -299,27 +329,21 @@ def add_documents(index: str | Path, corpus, update: bool = False, config: Updat
         else:
             baseline = _baseline_error(reader, encoder, codec, config.drift_sample_docs)
         S, start, idx = m.settings.shard_docs, reader.num_docs, _next_shard(m)
-        shards, writer, err = list(m.shards), None, [0.0, 0.0]
+        shards, err = list(m.shards), [0.0, 0.0]
+        segments = _Segments(root, idx, S, codec, fields, shards)
         docs = _read(corpus, m.settings, fields)
         try:
             for win in encoder.windows(docs, 0, S):
                 win = replace(win, start_row=win.start_row + start)
-                if writer is None:
-                    writer = ShardWriter(root, idx, win.start_row, codec, fields=fields)
                 if drift and win.states is not None:
                     a, b = _squared_error(codec, win.states)
                     err = [err[0] + a, err[1] + b]
-                writer.add(win)
+                segments.add(win)
                 if progress:
                     progress(len(win.docs))
-                if writer.num_docs == S:
-                    shards.append(_shard_entry(writer))
-                    writer, idx = None, idx + 1
-            if writer is not None:
-                shards.append(_shard_entry(writer))
+            segments.finish()
         except BaseException:
-            if writer is not None:
-                writer.abort()
+            segments.abort()
             raise
         dead = np.array([r for i in present for r in existing[i]], dtype=np.int64)
         tomb = np.union1d(reader.deleted_rows, dead)
@@ -396,14 +420,14 @@ def _compact_locked(root: Path, m: Manifest) -> int:
 
     from mice_index.encoder import EncodedWindow
     from mice_index.store.reader import IndexReader
-    from mice_index.store.writer import ShardWriter
 
     collect(root, _keep(m))
     reader = IndexReader(root, m, writing=True)
     fields = _fields(m)
     names = [f.name for f in fields]
     S, window = m.settings.shard_docs, max(1, min(m.settings.window_docs, m.settings.shard_docs))
-    idx, out_row, shards, writer = _next_shard(m), 0, [], None
+    out_row, shards = 0, []
+    segments = _Segments(root, _next_shard(m), S, reader.codec, fields, shards)
     try:
         for sh in reader._shards:
             table = sh.table(["doc_id", "title", "text", "num_tokens", "truncated", *names])
@@ -413,9 +437,7 @@ def _compact_locked(root: Path, m: Manifest) -> int:
             dense = np.load(sh.dir / L.DENSE, mmap_mode="r") if m.dense is not None else None
             pos = 0
             while pos < live.size:
-                if writer is None:
-                    writer = ShardWriter(root, idx, out_row, reader.codec, fields=fields)
-                chunk = live[pos: pos + min(window, S - writer.num_docs)]
+                chunk = live[pos: pos + min(window, segments.room())]
                 pos += chunk.size
                 t = table.take(chunk)
                 parts = reader.get_encoded((chunk + sh.start).tolist())
@@ -423,20 +445,15 @@ def _compact_locked(root: Path, m: Manifest) -> int:
                 docs = [Document(i, x, ti, tuple(v)) for i, ti, x, v in zip(t.column("doc_id").to_pylist(),
                                                                             t.column("title").to_pylist(),
                                                                             t.column("text").to_pylist(), values)]
-                writer.add(EncodedWindow(
+                segments.add(EncodedWindow(
                     out_row, docs, np.asarray(t.column("num_tokens").to_numpy(), np.int32), None,
                     None if dense is None else np.asarray(dense[chunk], np.float32),
                     np.asarray(pc.fill_null(t.column("truncated"), False).to_numpy(), bool),
                     {k: np.concatenate([p[k] for p in parts]) for k in reader.codec.columns()}))
                 out_row += chunk.size
-                if writer.num_docs == S:
-                    shards.append(_shard_entry(writer))
-                    writer, idx = None, idx + 1
-        if writer is not None:
-            shards.append(_shard_entry(writer))
+        segments.finish()
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        segments.abort()
         raise
     dropped = int(reader.deleted_rows.size)
     digest = hashlib.sha256(f"compact {m.generation}".encode()).hexdigest()
